@@ -1,0 +1,174 @@
+"""Typed QA items and the benchmark container every suite, method and loader shares.
+
+A benchmark is a list of short-answer facts (``QAItem``), each in exactly one split, plus
+free text the models also learn (``general_text``) and text they never see (``heldout_text``).
+Splits are by group (person): a group never spans two splits, so forgetting one person's
+facts cannot be undone by what the model keeps about another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+SPLITS = ("forget", "retain", "holdout", "general")
+
+
+class BenchmarkError(ValueError):
+    """Malformed benchmark data: the message names the file, the item and the fix."""
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One fact: a question with a short answer, its phrasings, wrong answers and options.
+
+    ``question`` is the phrasing the model is trained and scored on; ``train_questions`` are all
+    trained phrasings (``question`` first); ``paraphrase`` is a held-out phrasing never trained.
+    ``perturbed`` are wrong answers of the same type (truth ratio); ``options`` are the k
+    multiple-choice options, ``options[answer_index] == answer``.
+    """
+
+    id: str
+    group: str
+    split: str
+    relation: str
+    question: str
+    answer: str
+    paraphrase: str
+    perturbed: tuple[str, ...]
+    options: tuple[str, ...]
+    answer_index: int
+    train_questions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.train_questions:
+            object.__setattr__(self, "train_questions", (self.question,))
+        for name in ("perturbed", "options", "train_questions"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def validate(self, where: str = "") -> None:
+        loc = f"{where}item {self.id!r}"
+        if self.split not in SPLITS:
+            raise BenchmarkError(f"{loc}: split {self.split!r} is not one of {SPLITS}")
+        for name in ("id", "group", "question", "answer", "paraphrase"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise BenchmarkError(f"{loc}: field {name!r} must be a non-empty string")
+        if not self.perturbed:
+            raise BenchmarkError(f"{loc}: field 'perturbed' needs at least one wrong answer")
+        if self.answer in self.perturbed:
+            raise BenchmarkError(f"{loc}: the gold answer also appears in 'perturbed'")
+        if len(self.options) < 2 or len(set(self.options)) != len(self.options):
+            raise BenchmarkError(f"{loc}: 'options' needs at least 2 distinct options")
+        if not 0 <= self.answer_index < len(self.options) or self.options[self.answer_index] != self.answer:
+            raise BenchmarkError(f"{loc}: options[answer_index] must equal the answer {self.answer!r}")
+        if self.question != self.train_questions[0]:
+            raise BenchmarkError(f"{loc}: train_questions must start with 'question'")
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "") -> "QAItem":
+        names = {f.name for f in fields(cls)}
+        required = names - {"train_questions"}
+        missing = sorted(required - raw.keys())
+        if missing:
+            raise BenchmarkError(f"{where}missing required field(s) {missing}; each item needs {sorted(required)}")
+        unknown = sorted(raw.keys() - names)
+        if unknown:
+            raise BenchmarkError(f"{where}unknown field(s) {unknown}; allowed: {sorted(names)}")
+        item = cls(**raw)
+        item.validate(where)
+        return item
+
+
+@dataclass
+class Benchmark:
+    """Items by split plus the free text models learn. ``n_options`` fixes MCQ chance = 1/k."""
+
+    name: str
+    items: list[QAItem]
+    general_text: list[str] = field(default_factory=list)
+    heldout_text: list[str] = field(default_factory=list)
+    prompt_template: str = "Question: {question}\nAnswer:"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- views --------------------------------------------------------------------------
+    def split(self, name: str) -> list[QAItem]:
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}; splits are {SPLITS}")
+        return [it for it in self.items if it.split == name]
+
+    @property
+    def n_options(self) -> int:
+        return len(self.items[0].options)
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.n_options
+
+    def groups(self, split: str) -> list[str]:
+        """Group ids of a split in first-seen order (stable, used to cut folds and requests)."""
+        return list(dict.fromkeys(it.group for it in self.split(split)))
+
+    def prompt(self, question: str) -> str:
+        return self.prompt_template.format(question=question)
+
+    # -- checks -------------------------------------------------------------------------
+    def validate(self, where: str = "") -> None:
+        if not self.items:
+            raise BenchmarkError(f"{where}benchmark {self.name!r} has no items")
+        ids = [it.id for it in self.items]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise BenchmarkError(f"{where}duplicate item ids {dup}; ids must be unique")
+        k = len(self.items[0].options)
+        for it in self.items:
+            it.validate(where)
+            if len(it.options) != k:
+                raise BenchmarkError(f"{where}item {it.id!r} has {len(it.options)} options, others have {k}: "
+                                     "use the same number of options everywhere (chance = 1/k)")
+        owner: dict[str, str] = {}
+        for it in self.items:
+            prev = owner.setdefault(it.group, it.split)
+            if prev != it.split:
+                raise BenchmarkError(
+                    f"{where}group {it.group!r} appears in splits {prev!r} and {it.split!r}; splits overlap. "
+                    "Assign each group (person) to exactly one split.")
+        for s in ("forget", "retain"):
+            if not self.split(s):
+                raise BenchmarkError(f"{where}split {s!r} is empty; unlearning needs forget and retain items")
+
+    # -- files --------------------------------------------------------------------------
+    def to_json(self, path: str | Path) -> None:
+        data = {"name": self.name, "prompt_template": self.prompt_template,
+                "general_text": self.general_text, "heldout_text": self.heldout_text,
+                "items": [asdict(it) for it in self.items]}
+        Path(path).write_text(json.dumps(data, indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Benchmark":
+        path = Path(path)
+        if not path.exists():
+            raise BenchmarkError(f"benchmark file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise BenchmarkError(f"benchmark file {path} is not valid JSON (line {e.lineno}, column {e.colno}): "
+                                 f"{e.msg}. Fix the file or regenerate it.") from None
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+            raise BenchmarkError(f"benchmark file {path}: expected an object with a list under 'items'")
+        items = []
+        for i, raw in enumerate(data["items"]):
+            if not isinstance(raw, dict):
+                raise BenchmarkError(f"{path}: items[{i}] is not an object")
+            items.append(QAItem.from_dict(raw, where=f"{path}: items[{i}]: "))
+        return cls(name=data.get("name", path.stem), items=items,
+                   general_text=list(data.get("general_text", [])),
+                   heldout_text=list(data.get("heldout_text", [])),
+                   prompt_template=data.get("prompt_template", cls.prompt_template))
+
+
+def load_benchmark_file(path: str) -> Benchmark:
+    """Hydra target for ``benchmark=file``: a JSON file with the schema of ``Benchmark.to_json``."""
+    return Benchmark.from_json(path)

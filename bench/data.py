@@ -1,0 +1,103 @@
+"""Tokenised examples and batches: the one place prompts, answers and loss masks meet tokens.
+
+An example is (input_ids, labels) with labels = -100 wherever no loss is taken: on the prompt
+of a QA item (only answer tokens and the end token are learned and scored) and on padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from bench.benchmark import Benchmark, QAItem
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """A padded batch. ``index`` maps rows back to positions in the source example list."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.index)))
+
+
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def encode_qa(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Prompt and answer are tokenised separately so the answer boundary never merges tokens."""
+    p = _bos(tokenizer) + tokenizer(prompt, add_special_tokens=False).input_ids
+    a = tokenizer(" " + answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return p + a, [IGNORE] * len(p) + a
+
+
+def encode_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """Free text: a language-modelling loss on every token after BOS."""
+    ids = _bos(tokenizer) + tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return ids, [IGNORE] * len(_bos(tokenizer)) + ids[len(_bos(tokenizer)):]
+
+
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int, index: Sequence[int] | None = None) -> Batch:
+    """Right-pad to the longest example (causal scoring needs no left padding)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    idx = torch.tensor(list(index) if index is not None else range(len(examples)), dtype=torch.long)
+    return Batch(ids, mask, labels, idx)
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def qa_examples(tokenizer, bench: Benchmark, items: Sequence[QAItem], all_phrasings: bool = True) -> list[tuple[list[int], list[int]]]:
+    """Training examples for items: every training phrasing (knowledge injection) or only the first."""
+    out = []
+    for it in items:
+        for q in it.train_questions if all_phrasings else (it.question,):
+            out.append(encode_qa(tokenizer, bench.prompt(q), it.answer))
+    return out
+
+
+class BatchStream:
+    """An endless stream of shuffled batches over fixed examples, reproducible from a seed.
+
+    Each epoch is a fresh permutation from a private generator, so two streams with the same
+    seed yield the same batches whatever else draws random numbers.
+    """
+
+    def __init__(self, examples: Sequence[tuple[list[int], list[int]]], batch_size: int, pad: int, seed: int):
+        if not examples:
+            raise ValueError("BatchStream: no examples to draw batches from")
+        self.examples = list(examples)
+        self.batch_size = min(batch_size, len(self.examples))
+        self.pad = pad
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            order = torch.randperm(len(self.examples), generator=self.gen).tolist()
+            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield collate([self.examples[i] for i in idx], self.pad, idx)
+
+
+def batches_in_order(examples: Sequence[tuple[list[int], list[int]]], batch_size: int, pad: int) -> Iterator[Batch]:
+    """One pass in order (for scoring)."""
+    for start in range(0, len(examples), batch_size):
+        idx = range(start, min(start + batch_size, len(examples)))
+        yield collate([examples[i] for i in idx], pad, idx)

@@ -1,0 +1,180 @@
+"""``python -m bench.run``: one unlearning run, evaluated at every stage, written as one record.
+
+config -> benchmark + tokenizer -> target and oracle models (cached) -> suites on the oracle and
+the target -> method.unlearn on a copy of the target -> suites on the unlearned model ->
+``record.json`` + ``examples.jsonl`` in Hydra's run directory. Everything that can be checked
+without compute (suites, method hyperparameters, stopping rule, benchmark) is checked first.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bench.benchmark import Benchmark
+from bench.method import Method, UnlearnContext, UnlearnData
+from bench.models import obtain_model, resolve_device
+from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
+from bench.suites import Row, SuiteContext, load_suite
+from bench.suites._items import mcq_correct
+from bench.tokenizer import load_tokenizer
+
+log = logging.getLogger("bench.run")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+def stop_target(cfg: DictConfig, bench: Benchmark) -> float | None:
+    """The forget mcq_acc at which unlearning stops: ``auto`` = chance + margin, a number, or null."""
+    stop_at = cfg.unlearn.stop_at
+    if stop_at is None:
+        return None
+    if stop_at == "auto":
+        return bench.chance + float(cfg.unlearn.stop_margin)
+    try:
+        value = float(stop_at)
+    except (TypeError, ValueError):
+        raise ConfigError(f"unlearn.stop_at must be 'auto', a number in [0, 1] or null, got {stop_at!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"unlearn.stop_at must lie in [0, 1] (it is a forget mcq_acc), got {value}")
+    return value
+
+
+def validate_unlearn(cfg: DictConfig) -> None:
+    u = cfg.unlearn
+    if u.max_steps < 1:
+        raise ConfigError(f"unlearn.max_steps must be >= 1, got {u.max_steps}")
+    if u.batch_size < 1:
+        raise ConfigError(f"unlearn.batch_size must be >= 1, got {u.batch_size}")
+    if u.check_every < 1:
+        raise ConfigError(f"unlearn.check_every must be >= 1, got {u.check_every}")
+    if not 0 <= float(u.stop_margin) < 1:
+        raise ConfigError(f"unlearn.stop_margin must lie in [0, 1), got {u.stop_margin}")
+
+
+def instantiate_method(cfg: DictConfig) -> Method:
+    method = instantiate(cfg.method, _convert_="all")
+    if not isinstance(method, Method):
+        raise ConfigError(f"method._target_ {cfg.method._target_!r} is not a bench.method.Method subclass")
+    return method
+
+
+def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any]:
+    """Execute one run into ``run_dir`` and return its record (or the existing one if complete)."""
+    run_dir = Path(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    cfg_hash, version = config_hash(resolved), code_version()
+    existing = read_record(run_dir)
+    if existing is not None:
+        if same_identity(existing, cfg_hash, version):
+            log.info("record in %s is complete for this config and code version: skipped", run_dir)
+            return existing
+        log.warning("record in %s has another config or code version: moved to %s", run_dir, move_aside(run_dir))
+
+    # -- checks before compute -----------------------------------------------------------
+    suites = {name: load_suite(name) for name in cfg.suites}
+    validate_unlearn(cfg)
+    method = instantiate_method(cfg)
+    bench: Benchmark = instantiate(cfg.benchmark, _convert_="all")
+    target_acc = stop_target(cfg, bench)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    tokenizer = load_tokenizer(cfg.model.get("tokenizer"))
+    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
+    device = resolve_device(model_spec.get("device", "auto"))
+    prov = provenance(cfg.seed, str(device))
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def stage_clock(name: str, start: float) -> None:
+        timings[name] = round(time.perf_counter() - start, 3)
+        log.info("stage %-10s done in %6.1fs", name, timings[name])
+
+    # -- models ---------------------------------------------------------------------------
+    start = time.perf_counter()
+    target, target_info = obtain_model("target", model_spec, bench, tokenizer, cfg.cache_dir, cfg.seed)
+    oracle, oracle_info = obtain_model("oracle", model_spec, bench, tokenizer, cfg.cache_dir, cfg.seed)
+    stage_clock("models", start)
+
+    ctx = SuiteContext(bench=bench, tokenizer=tokenizer, oracle=oracle,
+                       settings=OmegaConf.to_container(cfg.suite_settings, resolve=True) or {})
+    rows: list[Row] = []
+
+    def evaluate(model, stage: str) -> None:
+        start = time.perf_counter()
+        for name, suite in suites.items():
+            rows.extend(suite.evaluate(model, stage, ctx))
+        stage_clock(stage, start)
+
+    evaluate(oracle, "oracle")
+    evaluate(target, "target")
+
+    # -- unlearning -----------------------------------------------------------------------
+    forget_items = bench.split("forget")
+    trace: list[dict[str, float]] = []
+
+    def should_stop(model, step: int) -> bool:
+        acc = float(mcq_correct(model, tokenizer, bench, forget_items).mean())
+        trace.append({"step": step, "forget_mcq_acc": acc})
+        return acc <= target_acc
+
+    uctx = UnlearnContext(seed=cfg.seed, device=device, max_steps=cfg.unlearn.max_steps, batch_size=cfg.unlearn.batch_size,
+                          warmup_steps=cfg.unlearn.warmup_steps, check_every=cfg.unlearn.check_every,
+                          grad_clip=cfg.unlearn.grad_clip, should_stop=should_stop if target_acc is not None else None)
+    data = UnlearnData(bench=bench, tokenizer=tokenizer, forget=forget_items, retain=bench.split("retain"))
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    unlearned, result = method.unlearn(copy.deepcopy(target), data, uctx)
+    stage_clock("unlearn", start)
+    reached = bool(trace and trace[-1]["forget_mcq_acc"] <= target_acc) if target_acc is not None else None
+    rows += [Row("unlearned", "unlearn", "forget", "steps", result.steps, len(forget_items)),
+             Row("unlearned", "unlearn", "forget", "wall_s", result.wall_s, len(forget_items)),
+             Row("unlearned", "unlearn", "forget", "diverged", float(result.diverged), len(forget_items))]
+    if reached is not None:
+        rows.append(Row("unlearned", "unlearn", "forget", "reached_target", float(reached), len(forget_items)))
+    if result.diverged:
+        log.error("unlearning diverged (non-finite loss) at step %d: the unlearned stage is not evaluated", result.steps)
+    else:
+        evaluate(unlearned, "unlearned")
+
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    record = {
+        "status": "diverged" if result.diverged else "complete",
+        "method": method_name,
+        "config_hash": cfg_hash,
+        "code_version": version,
+        "config": resolved,
+        "provenance": {**prov, "wall_s": timings,
+                       "models": {"target": target_info, "oracle": oracle_info}},
+        "unlearn": {"steps": result.steps, "diverged": result.diverged, "stop_target": target_acc,
+                    "reached_target": reached, "final_loss": result.final_loss, "stop_trace": trace,
+                    "losses": result.losses},
+        "rows": [r.as_dict() for r in rows],
+    }
+    path = write_record(run_dir, record, ctx.examples)
+    log.info("record written: %s", path)
+    return record
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    record = run(cfg, hc.runtime.output_dir, hc.runtime.choices.get("method", "?"))
+    from bench.report import summary_table
+
+    print(summary_table(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Batched, teacher-forced scoring of answers, and greedy generation for ROUGE and examples.
+
+Exact match is computed teacher-forced: the greedy answer equals the gold answer (followed by
+the end token) exactly when the argmax at every gold answer position is the gold token, so one
+batched forward pass gives greedy decoding's verdict (tests/test_scoring.py checks this
+against ``model.generate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.data import IGNORE, Batch, batches_in_order, encode_qa, pad_id
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-prob of each label token, whether it is the argmax, and the loss mask; shapes [B, T-1]."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    target = batch.labels[:, 1:]
+    mask = target != IGNORE
+    safe = target.clamp(min=0)
+    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, safe.unsqueeze(-1)).squeeze(-1)
+    hit = logits.argmax(-1) == safe
+    return logp * mask, hit | ~mask, mask
+
+
+def sequence_logprob(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of answer-token log-probs per row and the number of answer tokens (differentiable)."""
+    logp, _, mask = token_logprobs(model, batch)
+    return logp.sum(-1), mask.sum(-1)
+
+
+def mean_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over all answer tokens of the batch (the usual fine-tuning loss)."""
+    logp, _, mask = token_logprobs(model, batch)
+    return -logp.sum() / mask.sum().clamp(min=1)
+
+
+@dataclass
+class AnswerScores:
+    """Per-item scores of one answer string per prompt."""
+
+    sum_logprob: np.ndarray
+    n_tokens: np.ndarray
+    exact: np.ndarray  # bool: greedy decoding would produce exactly this answer then stop
+    token_logprobs: list[np.ndarray]
+
+    @property
+    def mean_logprob(self) -> np.ndarray:
+        return self.sum_logprob / self.n_tokens
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> AnswerScores:
+    """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches."""
+    examples = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+    device = model_device(model)
+    sums, counts, exact, per_token = [], [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches_in_order(examples, batch_size, pad_id(tokenizer)):
+            logp, hit, mask = token_logprobs(model, batch.to(device))
+            sums.append(logp.sum(-1).cpu())
+            counts.append(mask.sum(-1).cpu())
+            exact.append(hit.all(-1).cpu())
+            per_token += [row[m].cpu().numpy() for row, m in zip(logp, mask)]
+    finally:
+        model.train(was_training)
+    return AnswerScores(torch.cat(sums).double().numpy(), torch.cat(counts).numpy(), torch.cat(exact).numpy(), per_token)
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
+    """Greedy generation (left-padded batches); the text up to the end token, stripped."""
+    device = model_device(model)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    pad = pad_id(tokenizer)
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = [bos + tokenizer(p, add_special_tokens=False).input_ids for p in prompts[start : start + batch_size]]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+            for row in gen[:, width:].tolist():
+                if tokenizer.eos_token_id in row:
+                    row = row[: row.index(tokenizer.eos_token_id)]
+                out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,64 @@
+"""Evaluation suites: each module here is a suite, found by name (no registration list).
+
+A suite module defines ``evaluate(model, stage, ctx) -> list[Row]``. Suites never train (the
+relearn suite attacks a copy). They may use ``ctx.reference(...)``, the oracle's scores, which
+are computed once per run and shared by every stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from bench.benchmark import Benchmark
+
+
+@dataclass
+class Row:
+    stage: str
+    suite: str
+    split: str
+    metric: str
+    value: float
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "suite": self.suite, "split": self.split, "metric": self.metric,
+                "value": float(self.value), "n": int(self.n)}
+
+
+@dataclass
+class SuiteContext:
+    """What suites share within one run: data, the oracle, settings, and a per-run memo."""
+
+    bench: Benchmark
+    tokenizer: Any
+    oracle: torch.nn.Module
+    settings: dict[str, Any] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    _memo: dict[Any, Any] = field(default_factory=dict)
+
+    def reference(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """Oracle-side values, computed on first use and reused by later stages of this run."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def setting(self, suite: str, name: str, default: Any) -> Any:
+        return (self.settings.get(suite) or {}).get(name, default)
+
+
+def available_suites() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def load_suite(name: str):
+    """The suite module ``bench.suites.<name>``; an unknown name lists the available ones."""
+    if name not in available_suites():
+        raise ValueError(f"unknown suite {name!r}; available suites: {available_suites()}. "
+                         "Select them with suites=[knowledge,privacy].")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -1,0 +1,39 @@
+"""Privacy suite: membership inference with Min-K% probability, and MUSE's privleak.
+
+mia_auc (split forget): AUC of the Min-K% score (k = 40% of answer tokens) separating forget
+items (members of the target's training set) from holdout items (never trained). privleak:
+(AUC − AUC_oracle) / AUC_oracle × 100, near 0 when the forget set looks like unseen data.
+mia_auc on split retain (retain vs holdout) shows the attack works on what was kept.
+"""
+
+from __future__ import annotations
+
+from bench.metrics import mia_auc, min_k_score, privleak
+from bench.scoring import score_answers
+from bench.suites import Row, SuiteContext
+from bench.suites._items import prompts
+
+SUITE = "privacy"
+
+
+def min_k_scores(model, split: str, ctx: SuiteContext) -> list[float]:
+    items = ctx.bench.split(split)
+    k = ctx.setting(SUITE, "min_k", 0.4)
+    scores = score_answers(model, ctx.tokenizer, prompts(ctx.bench, items, "question"), [it.answer for it in items])
+    return [min_k_score(lp, k) for lp in scores.token_logprobs]
+
+
+def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
+    if not ctx.bench.split("holdout"):
+        raise ValueError("privacy suite needs a non-empty holdout split (non-members); set benchmark.holdout_fraction > 0")
+    holdout = min_k_scores(model, "holdout", ctx)
+    rows = []
+    for split in ("forget", "retain"):
+        members = min_k_scores(model, split, ctx)
+        auc = mia_auc(members, holdout)
+        rows.append(Row(stage, SUITE, split, "mia_auc", auc, len(members) + len(holdout)))
+        if split == "forget":
+            oracle_auc = ctx.reference((SUITE, "oracle_auc"),
+                                       lambda: mia_auc(min_k_scores(ctx.oracle, "forget", ctx), min_k_scores(ctx.oracle, "holdout", ctx)))
+            rows.append(Row(stage, SUITE, split, "privleak", privleak(auc, oracle_auc), len(members) + len(holdout)))
+    return rows

@@ -1,0 +1,1 @@
+"""Unlearning methods: one module each, instantiated by Hydra from ``conf/method/<name>.yaml``."""

@@ -1,0 +1,53 @@
+"""Negative preference optimisation (NPO; Zhang et al. 2024), "+ retain" variant.
+
+L = (2/β)·mean_f log(1 + exp(β·(log π_θ(y|x) − log π_ref(y|x)))) + α·NLL_r.
+
+π_ref is the model before unlearning. Its log-probabilities on the forget examples never
+change, so they are computed once in ``prepare`` instead of keeping a second model in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bench.data import batches_in_order, pad_id
+from bench.method import LossMethod
+from bench.scoring import mean_nll, sequence_logprob
+
+
+@dataclass
+class NPO(LossMethod):
+    """lr: peak learning rate. beta: inverse temperature (> 0). alpha: retain weight (0: plain NPO)."""
+
+    lr: float = 1e-4
+    beta: float = 0.1
+    alpha: float = 1.0
+    _ref_logprob: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(f"NPO: beta must be positive, got {self.beta}")
+        if self.alpha < 0:
+            raise ValueError(f"NPO: alpha must be >= 0, got {self.alpha}")
+
+    @torch.no_grad()
+    def prepare(self, model, data, ctx):
+        examples = data.examples("forget")
+        was_training = model.training
+        model.eval()
+        parts = [sequence_logprob(model, b.to(ctx.device))[0] for b in batches_in_order(examples, 64, pad_id(data.tokenizer))]
+        model.train(was_training)
+        # Indexed by example position: forget batches carry those positions in ``index``.
+        self._ref_logprob = torch.cat(parts).detach()
+
+    def loss(self, model, batch):
+        if self._ref_logprob is None:
+            raise RuntimeError("NPO.loss called before prepare(): reference log-probabilities are missing")
+        logp, _ = sequence_logprob(model, batch.forget)
+        ratio = logp - self._ref_logprob[batch.forget.index]
+        npo = (2.0 / self.beta) * F.softplus(self.beta * ratio).mean()
+        return npo + self.alpha * mean_nll(model, batch.retain) if self.alpha else npo
