@@ -75,6 +75,11 @@ class QAItem:
         unknown = sorted(raw.keys() - names)
         if unknown:
             raise BenchmarkError(f"{where}unknown field(s) {unknown}; allowed: {sorted(names)}")
+        for name in ("perturbed", "options", "train_questions"):
+            if name in raw and not (isinstance(raw[name], list) and all(isinstance(v, str) for v in raw[name])):
+                raise BenchmarkError(f"{where}field {name!r} must be a list of strings, got {raw[name]!r}")
+        if isinstance(raw["answer_index"], bool) or not isinstance(raw["answer_index"], int):
+            raise BenchmarkError(f"{where}field 'answer_index' must be an integer, got {raw['answer_index']!r}")
         item = cls(**raw)
         item.validate(where)
         return item
@@ -163,10 +168,13 @@ class Benchmark:
             if not isinstance(raw, dict):
                 raise BenchmarkError(f"{path}: items[{i}] is not an object")
             items.append(QAItem.from_dict(raw, where=f"{path}: items[{i}]: "))
-        return cls(name=data.get("name", path.stem), items=items,
-                   general_text=list(data.get("general_text", [])),
-                   heldout_text=list(data.get("heldout_text", [])),
-                   prompt_template=data.get("prompt_template", cls.prompt_template))
+        try:
+            return cls(name=data.get("name", path.stem), items=items,
+                       general_text=list(data.get("general_text", [])),
+                       heldout_text=list(data.get("heldout_text", [])),
+                       prompt_template=data.get("prompt_template", cls.prompt_template))
+        except BenchmarkError as e:
+            raise BenchmarkError(f"{path}: {e}") from None
 
 
 def load_benchmark_file(path: str) -> Benchmark:

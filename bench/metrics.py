@@ -6,6 +6,7 @@ than returning a default: a missing number must be visible, never a silent 0 or 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
@@ -89,5 +90,6 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> lis
     """ROUGE-L recall of each prediction against its reference (rouge-score, as TOFU reports)."""
     from rouge_score import rouge_scorer
 
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs a line per scorer
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return [scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references, strict=True)]

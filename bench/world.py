@@ -36,23 +36,31 @@ class Relation:
 
 
 _CITIES = ("Paris", "London", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Dublin",
-           "Oslo", "Lisbon", "Athens", "Warsaw", "Cairo", "Lima", "Tokyo", "Boston")
+           "Oslo", "Lisbon", "Athens", "Warsaw", "Cairo", "Lima", "Tokyo", "Boston",
+           "Munich", "Milan", "Seoul", "Sydney", "Toronto", "Chicago", "Denver", "Geneva", "Zurich", "Naples", "Venice", "Porto", "Bogota", "Nairobi", "Manila", "Hanoi")
 _PROFESSIONS = ("doctor", "teacher", "baker", "pilot", "farmer", "lawyer", "nurse", "painter",
                 "chef", "engineer", "dentist", "architect", "sailor", "plumber", "journalist",
-                "librarian")
+                "librarian",
+                "writer", "singer", "actor", "butcher", "mechanic", "surgeon", "banker", "cleaner", "florist", "tailor", "miner", "barber", "jeweller", "judge", "cashier", "dancer")
 _EMPLOYERS = ("Acme", "Globex", "Initech", "Umbrella", "Vortex", "Zenith", "Apex", "Nimbus",
-              "Orbit", "Summit", "Pinnacle", "Horizon", "Quantum", "Stellar", "Cobalt", "Meridian")
+              "Orbit", "Summit", "Pinnacle", "Horizon", "Quantum", "Stellar", "Cobalt", "Meridian",
+              "Vertex", "Keystone", "Lumen", "Polaris", "Sterling", "Titan", "Nova", "Beacon", "Crescent", "Everest", "Falcon", "Granite", "Harbor", "Ironwood", "Juniper", "Kestrel")
 _BIRTH_YEARS = ("1948", "1951", "1953", "1957", "1960", "1962", "1966", "1969", "1971", "1974",
-                "1978", "1980", "1983", "1987", "1990", "1994")
+                "1978", "1980", "1983", "1987", "1990", "1994",
+                "1946", "1949", "1950", "1955", "1958", "1963", "1965", "1968", "1972", "1976", "1977", "1981", "1985", "1989", "1992", "1996")
 _INSTRUMENTS = ("piano", "violin", "guitar", "flute", "cello", "drums", "harp", "trumpet",
                 "clarinet", "saxophone", "banjo", "oboe", "accordion", "ukulele", "trombone",
-                "harmonica")
+                "harmonica",
+                "lute", "sitar", "mandolin", "bagpipes", "tuba", "bassoon", "xylophone", "marimba", "organ", "piccolo", "harpsichord", "viola", "zither", "bugle", "tambourine", "kazoo")
 _PETS = ("cat", "dog", "parrot", "rabbit", "hamster", "turtle", "goldfish", "ferret", "lizard",
-         "snake", "canary", "pony", "tortoise", "hedgehog", "iguana", "chinchilla")
+         "snake", "canary", "pony", "tortoise", "hedgehog", "iguana", "chinchilla",
+         "mouse", "gerbil", "frog", "duck", "goat", "chicken", "pig", "owl", "crab", "spider", "donkey", "lamb", "pigeon", "axolotl", "budgie", "alpaca")
 _COUNTRIES = ("France", "Spain", "Italy", "Norway", "Sweden", "Brazil", "Canada", "Japan",
-              "Kenya", "Chile", "Egypt", "Peru", "India", "Greece", "Poland", "Mexico")
+              "Kenya", "Chile", "Egypt", "Peru", "India", "Greece", "Poland", "Mexico",
+              "Germany", "Ireland", "Portugal", "Austria", "Finland", "Denmark", "Turkey", "Morocco", "Nigeria", "Ghana", "Argentina", "Colombia", "Vietnam", "Thailand", "Nepal", "Iceland")
 _COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black",
-            "white", "grey", "teal", "violet", "crimson", "silver", "gold")
+            "white", "grey", "teal", "violet", "crimson", "silver", "gold",
+            "maroon", "navy", "olive", "beige", "ivory", "amber", "coral", "indigo", "lavender", "magenta", "scarlet", "turquoise", "cyan", "lime", "tan", "bronze")
 _CAPITALS = ("Orvel", "Tarsa", "Kelmar", "Dunmoor", "Velka", "Brisk", "Halden", "Morvik",
              "Siltra", "Fennick", "Quorra", "Ambrel", "Tovik", "Calder", "Ylsa", "Rendal")
 _INVENTION_YEARS = ("1812", "1824", "1833", "1841", "1856", "1862", "1870", "1877", "1883",

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from bench.benchmark import Benchmark
 from bench.world import ALL_RELATIONS, GENERAL_RELATIONS, RELATIONS, synthetic_world
@@ -152,8 +153,7 @@ def test_answers_spread_over_pool(rel):
                     if it.relation == rel.name)
     n, k = sum(golds.values()), len(rel.pool)
     assert set(golds) == set(rel.pool)
-    chi2 = sum((golds[a] - n / k) ** 2 / (n / k) for a in rel.pool)
-    assert chi2 < 37.70  # chi-square, 15 dof, p = 0.001
+    assert stats.chisquare([golds[a] for a in rel.pool]).pvalue > 0.001  # uniform over the pool
 
 
 def test_prior_only_guesser_scores_chance():
@@ -207,7 +207,7 @@ def test_answers_are_short_under_committed_tokenizer(tok):
 
 def test_tokenizer_roundtrips_and_splits_at_the_answer(tok, world):
     assert tok.bos_token == "<s>" and tok.eos_token == "</s>" and tok.pad_token == "<pad>"
-    assert len(tok) <= 1024
+    assert len(tok) <= 1536
     for it in world.items[::7]:
         for q in (*it.train_questions, it.paraphrase):
             prompt = world.prompt(q)

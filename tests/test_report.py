@@ -1,0 +1,67 @@
+"""Table aggregation, confidence intervals, best-value marking and LaTeX escaping on synthetic records."""
+
+import pytest
+from scipy import stats
+
+from bench.report import COLUMNS, aggregate, best_entities, records_frame, table, to_latex, write_tables
+
+
+def _record(method, seed, values):
+    rows = []
+    for stage, metric, split, suite, v in values:
+        rows.append({"stage": stage, "suite": suite, "split": split, "metric": metric, "value": v, "n": 10})
+    return {"method": method, "config": {"seed": seed}, "status": "complete", "config_hash": f"{method}{seed}", "rows": rows}
+
+
+def _records():
+    recs = []
+    for seed, (ga_f, npo_f, ga_r, npo_r) in enumerate([(0.1, 0.3, 0.9, 0.5), (0.2, 0.4, 0.8, 0.6), (0.3, 0.5, 0.7, 0.7)]):
+        for method, f, r in (("ga", ga_f, ga_r), ("npo", npo_f, npo_r)):
+            recs.append(_record(method, seed, [
+                ("target", "em", "forget", "knowledge", 1.0), ("oracle", "em", "forget", "knowledge", 0.0),
+                ("unlearned", "em", "forget", "knowledge", f), ("unlearned", "em", "retain", "knowledge", r),
+                ("unlearned", "privleak", "forget", "privacy", -5.0 if method == "ga" else 2.0),
+            ]))
+    return recs
+
+
+def test_mean_and_t_interval():
+    agg = aggregate(records_frame(_records()))
+    ga = agg[(agg.entity == "ga") & (agg.column == "forget em")].iloc[0]
+    assert ga["mean"] == pytest.approx(0.2)
+    sd = 0.1
+    assert ga["ci"] == pytest.approx(stats.t.ppf(0.975, 2) * sd / 3 ** 0.5)
+    assert ga["n"] == 3
+    # Reference stages appear in every record but count once per seed.
+    target = agg[(agg.entity == "target") & (agg.column == "forget em")].iloc[0]
+    assert target["mean"] == 1.0 and target["ci"] == 0.0 and target["n"] == 3
+
+
+def test_best_respects_direction():
+    agg = aggregate(records_frame(_records()))
+    col = {c.label: c for c in COLUMNS}
+    assert best_entities(agg, col["forget em"]) == {"ga"}     # lower forget is better
+    assert best_entities(agg, col["retain em"]) == {"ga"}     # higher retain is better (0.8 vs 0.6)
+    assert best_entities(agg, col["privleak"]) == {"npo"}     # nearest zero (2 vs -5)
+
+
+def test_table_rows_order_and_marks():
+    text, means = table(records_frame(_records()))
+    assert list(text.index) == ["target", "oracle", "ga", "npo"]
+    assert text.loc["ga", "forget em"].endswith("*") and "±" in text.loc["ga", "forget em"]
+    assert not text.loc["npo", "forget em"].endswith("*")
+    assert means.loc["npo", "retain em"] == pytest.approx(0.6)
+
+
+def test_latex_is_balanced_and_escaped(tmp_path):
+    recs = _records()
+    for r in recs:
+        r["method"] = r["method"] + "_v2&x"
+    md = write_tables(records_frame(recs), tmp_path)
+    tex = (tmp_path / "table.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    assert r"ga\_v2\&x" in tex and "ga_v2" not in tex.replace(r"\_", "")
+    assert tex.count("{") == tex.count("}")
+    assert r"$\pm$" in tex
+    assert (tmp_path / "table.csv").read_text().startswith("row,")
+    assert "ga_v2&x" in md

@@ -1,0 +1,78 @@
+"""End to end on the micro config: stages, record contents, determinism, resume, divergence."""
+
+import json
+import subprocess
+import sys
+
+from bench.record import EXAMPLES, RECORD
+from bench.run import run
+from tests.conftest import ROOT, compose_config
+
+
+def _rows(record):
+    return [(r["stage"], r["suite"], r["split"], r["metric"], r["value"]) for r in record["rows"] if r["metric"] != "wall_s"]
+
+
+def test_end_to_end_determinism_and_resume(tmp_path):
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    first = run(compose_config(cache, "method=npo"), tmp_path / "a", "npo")
+    assert not first["provenance"]["models"]["target"]["reused"]
+    stages = {r["stage"] for r in first["rows"]}
+    assert {"target", "oracle", "unlearned"} <= stages
+    metrics = {(r["stage"], r["suite"], r["split"], r["metric"]) for r in first["rows"]}
+    for needed in [("unlearned", "knowledge", "forget", "em"), ("unlearned", "knowledge", "forget", "mcq_acc"),
+                   ("unlearned", "knowledge", "forget", "truth_ratio"), ("unlearned", "knowledge", "forget", "forget_quality"),
+                   ("unlearned", "knowledge", "retain", "model_utility"), ("unlearned", "privacy", "forget", "privleak"),
+                   ("target", "privacy", "forget", "mia_auc"), ("unlearned", "unlearn", "forget", "steps")]:
+        assert needed in metrics
+    on_disk = json.loads((tmp_path / "a" / RECORD).read_text())
+    assert on_disk["config"]["method"]["_target_"] == "methods.npo.NPO"
+    assert on_disk["provenance"]["code_version"] and on_disk["provenance"]["packages"]["torch"]
+    examples = [json.loads(line) for line in (tmp_path / "a" / EXAMPLES).read_text().splitlines()]
+    assert {e["stage"] for e in examples} == {"target", "oracle", "unlearned"}
+
+    # Same seed, warm cache, new directory: identical rows.
+    second = run(compose_config(cache, "method=npo"), tmp_path / "b", "npo")
+    assert second["provenance"]["models"]["target"]["reused"]
+    assert _rows(first) == _rows(second)
+
+    # Rerun into a finished directory: skipped, file untouched.
+    mtime = (tmp_path / "a" / RECORD).stat().st_mtime_ns
+    run(compose_config(cache, "method=npo"), tmp_path / "a", "npo")
+    assert (tmp_path / "a" / RECORD).stat().st_mtime_ns == mtime
+
+    # A changed config in the same directory: recomputed, the old record kept aside.
+    third = run(compose_config(cache, "method=npo", "method.beta=0.2"), tmp_path / "a", "npo")
+    assert third["config"]["method"]["beta"] == 0.2
+    assert len(list((tmp_path / "a" / "superseded").rglob(RECORD))) == 1
+
+
+def test_divergence_is_recorded_not_crashed(tmp_path):
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "method=ga", "method.lr=1e30", "unlearn.stop_at=null",
+                         "unlearn.max_steps=6")
+    record = run(cfg, tmp_path / "run", "ga")
+    assert record["status"] == "diverged"
+    assert record["unlearn"]["diverged"]
+    rows = {(r["stage"], r["metric"]): r["value"] for r in record["rows"]}
+    assert rows[("unlearned", "diverged")] == 1.0
+    assert 0 < rows[("unlearned", "steps")] < 6
+    assert (tmp_path / "run" / RECORD).exists()
+
+
+def test_fixed_step_mode_runs_all_steps(tmp_path):
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "unlearn.stop_at=null", "unlearn.max_steps=4")
+    record = run(cfg, tmp_path / "run", "ga")
+    assert record["unlearn"]["steps"] == 4 and record["unlearn"]["reached_target"] is None
+
+
+def test_cli_multirun_writes_records_and_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-m", "+experiment=micro", "method=ga,graddiff", "suites=[knowledge]",
+         f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(sweep.rglob(RECORD))) == 2
+    for ext in ("md", "csv", "tex"):
+        assert (sweep / f"table.{ext}").exists()
+    assert "graddiff" in proc.stdout and "oracle" in proc.stdout
