@@ -191,7 +191,10 @@ class ReportCallback(Callback):
             print(f"no records under {sweep_dir}")
             return
         print(write_tables(df, sweep_dir))
-        print(f"tables written to {sweep_dir}/table.{{md,csv,tex}}")
+        from bench.plots import write_plots
+
+        write_plots(df, sweep_dir)
+        print(f"tables written to {sweep_dir}/table.{{md,csv,tex}}, plots to {sweep_dir}/plots/")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,7 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     df = load_frame(args.dirs)
     if df.empty:
         raise SystemExit(f"no {RECORD} found under {args.dirs}")
-    print(write_tables(df, args.out or args.dirs[0]))
+    out = args.out or args.dirs[0]
+    print(write_tables(df, out))
+    from bench.plots import write_plots
+
+    write_plots(df, out)
 
 
 if __name__ == "__main__":

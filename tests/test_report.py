@@ -65,3 +65,21 @@ def test_latex_is_balanced_and_escaped(tmp_path):
     assert r"$\pm$" in tex
     assert (tmp_path / "table.csv").read_text().startswith("row,")
     assert "ga_v2&x" in md
+
+
+def test_plots_written_as_png_and_pdf(tmp_path):
+    from bench.plots import write_plots
+
+    recs = _records()
+    for r in recs:  # add the retain/forget mcq the trade-off plot uses, and a relearn curve
+        r["rows"] += [{"stage": "unlearned", "suite": "knowledge", "split": "forget", "metric": "mcq_acc", "value": 0.3, "n": 1},
+                      {"stage": "unlearned", "suite": "knowledge", "split": "retain", "metric": "em", "value": 0.7, "n": 1}]
+        for step, v in ((0, 0.25), (10, 0.5)):
+            r["rows"] += [{"stage": "attacked/harmful", "suite": "relearn", "split": "forget_heldout",
+                           "metric": f"mcq_acc@step{step}", "value": v, "n": 1},
+                          {"stage": "oracle_attacked/harmful", "suite": "relearn", "split": "forget_heldout",
+                           "metric": f"mcq_acc@step{step}", "value": 0.25, "n": 1}]
+    paths = write_plots(records_frame(recs), tmp_path)
+    names = {p.name for p in paths}
+    assert {"tradeoff.png", "tradeoff.pdf", "relearn_curves.png", "relearn_curves.pdf"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)
