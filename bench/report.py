@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -182,10 +183,20 @@ def summary_table(record: dict[str, Any]) -> str:
 
 
 class ReportCallback(Callback):
-    """Hydra callback: after a multirun, write and print the comparison table of the sweep."""
+    """Hydra callback: after a multirun, write and print the comparison table of the sweep.
+
+    Records older than the start of this multirun were complete already and skipped (resume).
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._started = time.time()
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        records = find_records([sweep_dir])
+        skipped = sum(p.stat().st_mtime < getattr(self, "_started", 0.0) for p in records)
+        print(f"{len(records)} run records in {sweep_dir}; {skipped} were already complete and skipped, "
+              f"{len(records) - skipped} computed now")
         df = load_frame([sweep_dir])
         if df.empty:
             print(f"no records under {sweep_dir}")

@@ -91,7 +91,7 @@ def test_benchmark_file_roundtrip_and_missing_field(tmp_path, micro_bench):
 def test_benchmark_file_through_config(tmp_path, micro_bench):
     path = tmp_path / "world.json"
     path.write_text("not json")
-    cfg = compose_config("benchmark=file", f"benchmark.path={path}", f"cache_dir={tmp_path / 'cache'}")
+    cfg = compose_config("benchmark=file", f"benchmark.path={path}", f"cache_dir={tmp_path / 'cache'}", micro=False)
     with pytest.raises(Exception, match="not valid JSON"):
         run(cfg, tmp_path / "run", "ga")
     assert not (tmp_path / "cache").exists()
