@@ -37,10 +37,11 @@ def test_d_plus_d_minus_by_hand_on_two_neurons():
     assert diag.hide_ratio(0.0, 0.0) == 0.0
 
 
-def test_attribution_matches_manual_gradient_times_activation(trained_micro, micro_bench, tokenizer):
+@pytest.mark.parametrize("objective", ["prob", "logprob"])
+def test_attribution_matches_manual_gradient_times_activation(trained_micro, micro_bench, tokenizer, objective):
     items = micro_bench.split("forget")[:3]
     examples = [encode_qa(tokenizer, micro_bench.prompt(it.question), it.answer) for it in items]
-    ext = diag.neuron_extremes(trained_micro, examples, pad_id(tokenizer), batch_size=2)  # batched and padded
+    ext = diag.neuron_extremes(trained_micro, examples, pad_id(tokenizer), batch_size=2, objective=objective)  # batched, padded
     mods = diag.projection_modules(trained_micro)
     assert ext.max.shape == (3, sum(m.out_features for *_, m in mods))
     # One fact alone, one module (up_proj of layer 0), by hand.
@@ -53,8 +54,8 @@ def test_attribution_matches_manual_gradient_times_activation(trained_micro, mic
         logits = trained_micro(input_ids=torch.tensor([ids])).logits[0, :-1]
         target = torch.tensor(labels[1:])
         keep = target != -100
-        prob = torch.log_softmax(logits, -1)[keep.nonzero()[:, 0], target[keep]].sum().exp()
-        (grad,) = torch.autograd.grad(prob, store["a"])
+        logp = torch.log_softmax(logits, -1)[keep.nonzero()[:, 0], target[keep]].sum()
+        (grad,) = torch.autograd.grad(logp.exp() if objective == "prob" else logp, store["a"])
     finally:
         handle.remove()
     s = (store["a"] * grad)[0, : len(ids) - 1].detach().double()  # every position but the final end token
@@ -70,8 +71,9 @@ def _ctx(micro_bench, tokenizer, target, **settings):
 
 def test_suite_rows_zero_at_target_and_positive_after_change(trained_micro, micro_bench, tokenizer):
     assert "diagnostics" in available_suites()
-    ctx = _ctx(micro_bench, tokenizer, trained_micro, top_m=[10, 100])
+    ctx = _ctx(micro_bench, tokenizer, trained_micro, top_m=[10, 100], objectives=["prob", "logprob"])
     rows = {r.metric: r.value for r in diag.evaluate(trained_micro, "target", ctx)}
+    assert rows["hide_top_logp@10"] == rows["erase_top_logp@10"] == 0.0
     assert rows["erase_top@10"] == rows["hide_top@10"] == rows["hide_ratio@10"] == 0.0
     changed = copy.deepcopy(trained_micro)
     with torch.no_grad():
@@ -79,7 +81,7 @@ def test_suite_rows_zero_at_target_and_positive_after_change(trained_micro, micr
         for p in changed.parameters():
             p.add_(0.05 * torch.randn_like(p))
     rows = {r.metric: r.value for r in diag.evaluate(changed, "unlearned", ctx)}
-    assert rows["erase_top@100"] > 0 and rows["hide_top@100"] > 0
+    assert rows["erase_top@100"] > 0 and rows["hide_top@100"] > 0 and rows["hide_top_logp@100"] > 0
     assert rows["erase_top@100"] >= rows["erase_top@10"]
     assert rows["hide_ratio@10"] == pytest.approx(rows["hide_top@10"] / rows["erase_top@10"])
     assert {"logit_lens_acc@layer0"} <= rows.keys()

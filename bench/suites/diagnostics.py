@@ -24,7 +24,11 @@ embedding, scores the gold answer against one random distractor option (fixed pe
 pushed down (still recognisable). The last layer's lens is the model's own output.
 
 Settings (``suite_settings.diagnostics``): batch_size (32), top_m ([100, 1000]), seed (0),
-lens_splits ([forget]). The suite knows no method by name; it finds modules by name and reads
+lens_splits ([forget]), objectives ([prob]). ``objectives: [prob, logprob]`` adds a variant
+with s = a·∂log P/∂a (rows ``erase_top_logp@m``, ``hide_top_logp@m``, ``hide_ratio_logp@m``):
+the paper's s carries a factor P(y|x), so once unlearning drives P near 0 every after-model
+attribution shrinks with it, min_k s(θ1) → 0 and D− → 0 whatever the mechanism; the log P
+variant has no such factor (a deviation from the paper, off by default). The suite knows no method by name; it finds modules by name and reads
 activations with forward hooks, so it works on wrapped models whose hooks edit the residual
 stream or projection outputs (ours run after hooks registered earlier). Needs the target model
 in the context (``SuiteContext.target``) for hide vs erase; without it only the logit lens runs.
@@ -82,9 +86,15 @@ def token_extremes(s: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, 
     return s.masked_fill(~v, float("-inf")).amax(1), s.masked_fill(~v, float("inf")).amin(1)
 
 
+OBJECTIVES = {"prob": "", "logprob": "_logp"}  # attribution objective -> metric-name suffix
+
+
 def neuron_extremes(model: torch.nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad: int,
-                    batch_size: int = 32) -> NeuronExtremes:
-    """Token-aggregated attributions of every projection neuron on each example (a QA pair)."""
+                    batch_size: int = 32, objective: str = "prob") -> NeuronExtremes:
+    """Token-aggregated attributions of every projection neuron on each example (a QA pair):
+    s = a·∂P/∂a (``prob``, the paper's) or s = a·∂log P/∂a (``logprob``, scale-free)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"diagnostics: objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     mods = projection_modules(model)
     device = model_device(model)
     captured: list[torch.Tensor] = []
@@ -105,8 +115,8 @@ def neuron_extremes(model: torch.nn.Module, examples: Sequence[tuple[list[int], 
                 target = batch.labels[:, 1:]
                 mask = target != IGNORE
                 logp = torch.gather(F.log_softmax(logits, -1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                prob = (logp * mask).sum(-1).exp()  # P(y|x) per row; rows do not interact
-                grads = torch.autograd.grad(prob.sum(), captured)
+                seq = (logp * mask).sum(-1)  # log P(y|x) per row; rows do not interact
+                grads = torch.autograd.grad((seq.exp() if objective == "prob" else seq).sum(), captured)
                 # Positions that predict an answer token or precede one: 0 .. last predicting position.
                 last = torch.where(mask, torch.arange(mask.shape[1], device=device), -1).amax(1)
                 valid = torch.arange(batch.input_ids.shape[1], device=device)[None, :] <= last[:, None]
@@ -222,25 +232,28 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
         log.warning("diagnostics: no target model in the suite context; hide vs erase skipped")
     elif forget:
         examples = _fact_examples(ctx, forget)
-        before = ctx.reference((SUITE, "extremes", "target"), lambda: neuron_extremes(target, examples, pad, bs))
-        after = before if model is target else neuron_extremes(model, examples, pad, bs)
-        d_plus, d_minus = influence_variation(before, after)
         n = len(forget)
-        for m in ctx.setting(SUITE, "top_m", [100, 1000]):
-            s_plus, s_minus = top_sum(d_plus, int(m)), top_sum(d_minus, int(m))
-            rows += [Row(stage, SUITE, "forget", f"erase_top@{m}", s_plus, n),
-                     Row(stage, SUITE, "forget", f"hide_top@{m}", s_minus, n),
-                     Row(stage, SUITE, "forget", f"hide_ratio@{m}", hide_ratio(s_minus, s_plus), n)]
-        for layer in np.unique(before.layers):
-            for kind in MODULES:
-                sel = (before.layers == layer) & (before.kinds == kind)
-                if not sel.any():
-                    continue
-                dp, dm = np.sort(d_plus[sel])[::-1], np.sort(d_minus[sel])[::-1]
-                ctx.examples.append({"stage": stage, "suite": SUITE, "split": "forget", "kind": "hide_erase_module",
-                                     "layer": int(layer), "module": kind, "neurons": int(sel.sum()),
-                                     "erase_sum": float(dp.sum()), "hide_sum": float(dm.sum()),
-                                     "erase_top10_mean": float(dp[:10].mean()), "hide_top10_mean": float(dm[:10].mean())})
+        for objective in ctx.setting(SUITE, "objectives", ["prob"]):
+            sfx = OBJECTIVES.get(objective, "")
+            before = ctx.reference((SUITE, "extremes", objective),
+                                   lambda: neuron_extremes(target, examples, pad, bs, objective))
+            after = before if model is target else neuron_extremes(model, examples, pad, bs, objective)
+            d_plus, d_minus = influence_variation(before, after)
+            for m in ctx.setting(SUITE, "top_m", [100, 1000]):
+                s_plus, s_minus = top_sum(d_plus, int(m)), top_sum(d_minus, int(m))
+                rows += [Row(stage, SUITE, "forget", f"erase_top{sfx}@{m}", s_plus, n),
+                         Row(stage, SUITE, "forget", f"hide_top{sfx}@{m}", s_minus, n),
+                         Row(stage, SUITE, "forget", f"hide_ratio{sfx}@{m}", hide_ratio(s_minus, s_plus), n)]
+            for layer in np.unique(before.layers):
+                for kind in MODULES:
+                    sel = (before.layers == layer) & (before.kinds == kind)
+                    if not sel.any():
+                        continue
+                    dp, dm = np.sort(d_plus[sel])[::-1], np.sort(d_minus[sel])[::-1]
+                    ctx.examples.append({"stage": stage, "suite": SUITE, "split": "forget", "kind": "hide_erase_module",
+                                         "objective": objective, "layer": int(layer), "module": kind,
+                                         "neurons": int(sel.sum()), "erase_sum": float(dp.sum()), "hide_sum": float(dm.sum()),
+                                         "erase_top10_mean": float(dp[:10].mean()), "hide_top10_mean": float(dm[:10].mean())})
 
     # Logit lens: gold answer vs one random distractor, per layer.
     for split in ctx.setting(SUITE, "lens_splits", ["forget"]):
