@@ -25,12 +25,16 @@ pushed down (still recognisable). The last layer's lens is the model's own outpu
 
 Settings (``suite_settings.diagnostics``): batch_size (32), top_m ([100, 1000]), seed (0),
 lens_splits ([forget]), objectives ([prob]). ``objectives: [prob, logprob]`` adds a variant
-with s = a·∂log P/∂a (rows ``erase_top_logp@m``, ``hide_top_logp@m``, ``hide_ratio_logp@m``):
-the paper's s carries a factor P(y|x), so once unlearning drives P near 0 every after-model
-attribution shrinks with it, min_k s(θ1) → 0 and D− → 0 whatever the mechanism; the log P
-variant has no such factor (a deviation from the paper, off by default). The suite knows no method by name; it finds modules by name and reads
-activations with forward hooks, so it works on wrapped models whose hooks edit the residual
-stream or projection outputs (ours run after hooks registered earlier). Needs the target model
+with s = a·∂log P/∂a (rows ``erase_top_logp@m``, ``hide_top_logp@m``, ``hide_ratio_logp@m``).
+Read both against the oracle stage: the paper's s carries a factor P(y|x), so when unlearning
+drives P near 0 the after-model attributions shrink with it (D− → 0, ratio deflated); the log P
+variant's gradients grow as P falls (ratio inflated: the oracle itself scores ≫ 1 on the tiny
+model). The oracle has the same low P on the forget facts as a method stopped at chance, so a
+method's ratio is only meaningful next to the oracle's.
+
+The suite knows no method by name; it finds modules by name and reads activations with forward
+hooks, so it works on wrapped models whose hooks edit the residual stream or projection outputs
+(ours run after hooks registered earlier). Needs the target model
 in the context (``SuiteContext.target``) for hide vs erase; without it only the logit lens runs.
 """
 
