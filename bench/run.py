@@ -107,7 +107,7 @@ def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any
     oracle, oracle_info = obtain_model("oracle", model_spec, bench, tokenizer, cfg.cache_dir, cfg.seed)
     stage_clock("models", start)
 
-    ctx = SuiteContext(bench=bench, tokenizer=tokenizer, oracle=oracle,
+    ctx = SuiteContext(bench=bench, tokenizer=tokenizer, oracle=oracle, target=target,
                        settings=OmegaConf.to_container(cfg.suite_settings, resolve=True) or {})
     rows: list[Row] = []
 

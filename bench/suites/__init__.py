@@ -33,13 +33,18 @@ class Row:
 
 @dataclass
 class SuiteContext:
-    """What suites share within one run: data, the oracle, settings, and a per-run memo."""
+    """What suites share within one run: data, the oracle, settings, and a per-run memo.
+
+    target: the model before unlearning (the diagnostics suite compares every stage with it);
+    None where a caller has none.
+    """
 
     bench: Benchmark
     tokenizer: Any
     oracle: torch.nn.Module
     settings: dict[str, Any] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
+    target: torch.nn.Module | None = None
     _memo: dict[Any, Any] = field(default_factory=dict)
 
     def reference(self, key: Any, compute: Callable[[], Any]) -> Any:

@@ -1,0 +1,1 @@
+"""Benchmark scripts (timings, not tests): ``python -m bench.perf.<script>``."""

@@ -1,0 +1,83 @@
+"""Per-step cost of unlearning methods on one model: ``python -m bench.perf.step_cost``.
+
+Runs each method for a fixed number of steps through the shared loop (no stopping checks) on
+copies of one model, interleaving methods over repeats, and prints the median seconds per step
+and the ratio to the first method (GradDiff by default). Any Hydra override of the run config
+can follow (``model.arch.hidden_size=256``, ``unlearn.batch_size=32``). A benchmark, not a test:
+timings depend on the machine and on whatever else runs on it.
+
+    python -m bench.perf.step_cost --steps 20 --repeats 3 --threads 1 --methods graddiff ssiuu
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bench.method import UnlearnContext, UnlearnData
+from bench.models import build_base_model, resolve_device
+from bench.tokenizer import load_tokenizer
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", nargs="+", default=["graddiff", "ssiuu"], help="conf/method names; the first is the baseline")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per run (not counted)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfgs = {m: compose("config", overrides=[f"method={m}", *args.overrides]) for m in args.methods}
+    cfg = cfgs[args.methods[0]]
+    bench = instantiate(cfg.benchmark, _convert_="all")
+    tokenizer = load_tokenizer(cfg.model.get("tokenizer"))
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    device = resolve_device(spec.get("device", "auto"))
+    model = build_base_model(spec, tokenizer, cfg.seed).to(device)
+    data = UnlearnData(bench=bench, tokenizer=tokenizer, forget=bench.split("forget"), retain=bench.split("retain"))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters, device {device}, threads {torch.get_num_threads()}, "
+          f"batch {cfg.unlearn.batch_size} forget + {cfg.unlearn.batch_size} retain, {args.steps} timed steps x {args.repeats}")
+
+    per_step: dict[str, list[float]] = {m: [] for m in args.methods}
+    for _ in range(args.repeats):
+        for name in args.methods:
+            method = instantiate(cfgs[name].method, _convert_="all")
+            total = args.warmup + args.steps
+            # Time the steps after warmup: run warmup and warmup+steps, take the difference.
+            walls = []
+            for steps in (args.warmup, total):
+                ctx = UnlearnContext(seed=cfg.seed, device=device, max_steps=steps, batch_size=cfg.unlearn.batch_size,
+                                     grad_clip=cfg.unlearn.grad_clip, check_every=steps)
+                start = time.perf_counter()
+                method.unlearn(copy.deepcopy(model), data, ctx) if steps else None
+                walls.append(time.perf_counter() - start)
+            per_step[name].append((walls[1] - walls[0]) / args.steps)
+
+    base = statistics.median(per_step[args.methods[0]])
+    print(f"{'method':<12} {'ms/step (median)':>17} {'min':>8} {'max':>8} {'ratio':>7}")
+    for name, values in per_step.items():
+        med = statistics.median(values)
+        print(f"{name:<12} {1e3 * med:>17.1f} {1e3 * min(values):>8.1f} {1e3 * max(values):>8.1f} {med / base:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
