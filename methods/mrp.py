@@ -155,6 +155,9 @@ def attach_projection(model: nn.Module, layers: list[int]) -> MRPProjection:
     error: continual requests must use the same layers.
     """
     blocks = decoder_layers(model)
+    bad = [i for i in layers if not -len(blocks) <= i < len(blocks)]
+    if bad:
+        raise ValueError(f"MRP: layers {bad} out of range for a {len(blocks)}-block model")
     resolved = sorted({i % len(blocks) for i in layers})
     existing = projection_of(model)
     if existing is not None:
@@ -357,10 +360,6 @@ class MRP(Method):
 
     def initialise(self, model: nn.Module, data: UnlearnData, proj: MRPProjection) -> None:
         d = proj.hidden_size
-        n_layers = len(decoder_layers(model))
-        bad = [i for i in self.layers if not -n_layers <= i < n_layers]
-        if bad:
-            raise ValueError(f"MRP: layers {bad} out of range for a {n_layers}-block model")
         forget = collect_states(model, data.tokenizer, data.examples("forget"), proj.layer_ids, self.init_tokens)
         retain = collect_states(model, data.tokenizer, data.examples("retain"), proj.layer_ids, self.init_tokens)
         for i in proj.layer_ids:
