@@ -329,12 +329,12 @@ class MRP(Method):
     """
 
     layers: list[int] = field(default_factory=lambda: [0])
-    k: int = 2
+    k: int = 16
     retain_energy: float = 0.9
     max_retain_rank: float = 0.5
     init_tokens: Literal["all", "answer"] = "all"
     lam: float = 1.2
-    lr: float = 0.1
+    lr: float = 0.5
     epochs: float | None = None
     init_info: dict = field(default_factory=dict, init=False, repr=False)
 

@@ -20,7 +20,8 @@ def test_split_requests_by_person(micro_bench):
 def test_micro_continual_run_writes_request_rows(tmp_path_factory, method):
     cache = tmp_path_factory.getbasetemp() / "continual-cache"
     out = tmp_path_factory.mktemp(method)
-    record = run(compose_config(f"cache_dir={cache}", f"method={method}", "continual.requests=2", "unlearn.max_steps=4"),
+    record = run(compose_config(f"cache_dir={cache}", f"method={method}", "continual.requests=2", "unlearn.max_steps=4",
+                                  "threads=1"),
                  out, method)
     assert record["status"] == "complete" and len(record["unlearn"]["requests"]) == 2
     rows = {(r["stage"], r["suite"], r["split"], r["metric"]) for r in record["rows"]}
@@ -39,7 +40,7 @@ def test_micro_continual_run_writes_request_rows(tmp_path_factory, method):
 
 def test_single_request_has_no_request_stages_and_bad_counts_fail(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "continual-cache"
-    record = run(compose_config(f"cache_dir={cache}", "unlearn.max_steps=2"), tmp_path_factory.mktemp("one"), "ga")
+    record = run(compose_config(f"cache_dir={cache}", "unlearn.max_steps=2", "threads=1"), tmp_path_factory.mktemp("one"), "ga")
     assert not any(r["stage"].startswith("request/") for r in record["rows"]) and "requests" not in record["unlearn"]
     for bad in ("continual.requests=3", "continual.requests=0"):
         with pytest.raises(ConfigError, match="continual.requests"):
