@@ -316,7 +316,10 @@ def init_directions(forget: torch.Tensor, retain: torch.Tensor, k: int, energy: 
 # --------------------------------------------------------------------------------------------
 @dataclass
 class MRP(Method):
-    """Hyperparameters (defaults tuned on the tiny 2-layer d=128 model; see conf/method/mrp.yaml).
+    """Hyperparameters. Defaults tuned on the tiny 2-block d=128 model and the default world by a
+    small grid under the shared stopping rule (forget mcq <= chance + 0.05, cap 300 steps): layer 0
+    beat layer 1 and both layers; k = 2 or 8 plateaued (forget mcq 0.83 / 0.50); k = 16, lr = 0.5
+    reached the target in 100 steps. Retune k with d and the size of a request.
 
     layers: decoder blocks whose output is projected (negative counts from the end).
     k: directions per layer per request (the projector's rank grows by k per request).
