@@ -12,7 +12,7 @@ import copy
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import torch
@@ -20,13 +20,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bench.benchmark import Benchmark
+from bench.benchmark import Benchmark, QAItem
+from bench.continual import continual_rows, split_requests
 from bench.method import Method, UnlearnContext, UnlearnData
 from bench.models import obtain_model, resolve_device
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
 from bench.suites import Row, SuiteContext, load_suite
 from bench.suites._items import mcq_correct
 from bench.tokenizer import load_tokenizer
+from bench.train import TrainResult
 
 log = logging.getLogger("bench.run")
 
@@ -70,6 +72,96 @@ def instantiate_method(cfg: DictConfig) -> Method:
     return method
 
 
+def validate_continual(cfg: DictConfig, bench: Benchmark) -> dict[str, Any]:
+    """Check the ``continual`` block; returns the suites evaluated after each request."""
+    c = cfg.get("continual") or {}
+    n = c.get("requests", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"continual.requests must be an integer >= 1 (1 = an ordinary single run), got {n!r}")
+    people = len(bench.groups("forget"))
+    if n > people:
+        raise ConfigError(f"continual.requests={n} but the forget split has only {people} people; "
+                          f"use at most {people} requests (requests are cut by person)")
+    return {name: load_suite(name) for name in (c.get("suites") or [])} if n > 1 else {}
+
+
+def unlearn_request(method: Method, model: torch.nn.Module, forget: list[QAItem], retain: list[QAItem], cfg: DictConfig,
+                    bench: Benchmark, tokenizer, device: torch.device,
+                    target_acc: float | None) -> tuple[torch.nn.Module, TrainResult, list[dict[str, float]], bool | None]:
+    """One unlearning call on ``forget`` with the shared context; the stopping rule watches ``forget``.
+
+    Returns the unlearned model, the training result, the stopping-rule trace and whether the
+    target was reached (None in fixed-step mode).
+    """
+    trace: list[dict[str, float]] = []
+
+    def should_stop(model, step: int) -> bool:
+        acc = float(mcq_correct(model, tokenizer, bench, forget).mean())
+        trace.append({"step": step, "forget_mcq_acc": acc})
+        return acc <= target_acc
+
+    uctx = UnlearnContext(seed=cfg.seed, device=device, max_steps=cfg.unlearn.max_steps, batch_size=cfg.unlearn.batch_size,
+                          warmup_steps=cfg.unlearn.warmup_steps, check_every=cfg.unlearn.check_every,
+                          grad_clip=cfg.unlearn.grad_clip, should_stop=should_stop if target_acc is not None else None)
+    data = UnlearnData(bench=bench, tokenizer=tokenizer, forget=forget, retain=retain)
+    torch.manual_seed(cfg.seed)
+    unlearned, result = method.unlearn(model, data, uctx)
+    reached = bool(trace and trace[-1]["forget_mcq_acc"] <= target_acc) if target_acc is not None else None
+    return unlearned, result, trace, reached
+
+
+def unlearn_rows(stage: str, result: TrainResult, reached: bool | None, n: int) -> list[Row]:
+    rows = [Row(stage, "unlearn", "forget", "steps", result.steps, n),
+            Row(stage, "unlearn", "forget", "wall_s", result.wall_s, n),
+            Row(stage, "unlearn", "forget", "diverged", float(result.diverged), n)]
+    if reached is not None:
+        rows.append(Row(stage, "unlearn", "forget", "reached_target", float(reached), n))
+    return rows
+
+
+def run_requests(cfg: DictConfig, requests: list[list[QAItem]], retain: list[QAItem], model: torch.nn.Module,
+                 bench: Benchmark, tokenizer, device: torch.device, target_acc: float | None, rows: list[Row],
+                 evaluate_request: Callable[[torch.nn.Module, str, list[list[QAItem]]], None],
+                 stage_clock: Callable[[str, float], None]):
+    """Continual unlearning: request i unlearns its people from request i−1's model.
+
+    A fresh method instance per request (a method keeps its state on the model, as MRP's frozen
+    directions do). After request i: ``unlearn`` rows and the evaluation of stage ``request/<i>``.
+    A diverged request ends the sequence. Returns the final model, the summed TrainResult, the
+    concatenated stopping trace (with a ``request`` field), whether every request reached the
+    target, and a per-request log for the record.
+    """
+    total = TrainResult(steps=0)
+    trace: list[dict[str, float]] = []
+    log_: list[dict[str, Any]] = []
+    reached_all: bool | None = None if target_acc is None else True
+    done: list[list[QAItem]] = []
+    for i, forget in enumerate(requests, 1):
+        start = time.perf_counter()
+        model, result, tr, reached = unlearn_request(instantiate_method(cfg), model, forget, retain, cfg, bench,
+                                                     tokenizer, device, target_acc)
+        stage_clock(f"unlearn/request{i}", start)
+        done.append(forget)
+        total.steps += result.steps
+        total.losses += result.losses
+        total.wall_s += result.wall_s
+        total.diverged |= result.diverged
+        total.stopped_by_check = result.stopped_by_check
+        trace += [{"request": i, **t} for t in tr]
+        if reached_all is not None:
+            reached_all = reached_all and bool(reached)
+        stage = f"request/{i}"
+        rows.extend(unlearn_rows(stage, result, reached, len(forget)))
+        log_.append({"request": i, "groups": list(dict.fromkeys(it.group for it in forget)), "n_items": len(forget),
+                     "steps": result.steps, "wall_s": round(result.wall_s, 3), "diverged": result.diverged,
+                     "reached_target": reached})
+        if result.diverged:
+            log.error("request %d diverged at step %d: later requests are not run", i, result.steps)
+            break
+        evaluate_request(model, stage, done)
+    return model, total, trace, reached_all, log_
+
+
 def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any]:
     """Execute one run into ``run_dir`` and return its record (or the existing one if complete)."""
     run_dir = Path(run_dir)
@@ -88,6 +180,7 @@ def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any
     method = instantiate_method(cfg)
     bench: Benchmark = instantiate(cfg.benchmark, _convert_="all")
     target_acc = stop_target(cfg, bench)
+    request_suites = validate_continual(cfg, bench)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     tokenizer = load_tokenizer(cfg.model.get("tokenizer"))
@@ -122,27 +215,26 @@ def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any
 
     # -- unlearning -----------------------------------------------------------------------
     forget_items = bench.split("forget")
-    trace: list[dict[str, float]] = []
+    retain_items = bench.split("retain")
+    n_requests = int((cfg.get("continual") or {}).get("requests", 1))
+    if n_requests == 1:
+        start = time.perf_counter()
+        unlearned, result, trace, reached = unlearn_request(method, copy.deepcopy(target), forget_items, retain_items,
+                                                            cfg, bench, tokenizer, device, target_acc)
+        stage_clock("unlearn", start)
+        requests_log = None
+    else:
+        def evaluate_request(model, stage: str, done: list[list[QAItem]]) -> None:
+            start = time.perf_counter()
+            for suite in request_suites.values():
+                rows.extend(suite.evaluate(model, stage, ctx))
+            rows.extend(continual_rows(model, stage, done, ctx))
+            stage_clock(stage, start)
 
-    def should_stop(model, step: int) -> bool:
-        acc = float(mcq_correct(model, tokenizer, bench, forget_items).mean())
-        trace.append({"step": step, "forget_mcq_acc": acc})
-        return acc <= target_acc
-
-    uctx = UnlearnContext(seed=cfg.seed, device=device, max_steps=cfg.unlearn.max_steps, batch_size=cfg.unlearn.batch_size,
-                          warmup_steps=cfg.unlearn.warmup_steps, check_every=cfg.unlearn.check_every,
-                          grad_clip=cfg.unlearn.grad_clip, should_stop=should_stop if target_acc is not None else None)
-    data = UnlearnData(bench=bench, tokenizer=tokenizer, forget=forget_items, retain=bench.split("retain"))
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    unlearned, result = method.unlearn(copy.deepcopy(target), data, uctx)
-    stage_clock("unlearn", start)
-    reached = bool(trace and trace[-1]["forget_mcq_acc"] <= target_acc) if target_acc is not None else None
-    rows += [Row("unlearned", "unlearn", "forget", "steps", result.steps, len(forget_items)),
-             Row("unlearned", "unlearn", "forget", "wall_s", result.wall_s, len(forget_items)),
-             Row("unlearned", "unlearn", "forget", "diverged", float(result.diverged), len(forget_items))]
-    if reached is not None:
-        rows.append(Row("unlearned", "unlearn", "forget", "reached_target", float(reached), len(forget_items)))
+        unlearned, result, trace, reached, requests_log = run_requests(
+            cfg, split_requests(bench, n_requests), retain_items, copy.deepcopy(target), bench, tokenizer, device,
+            target_acc, rows, evaluate_request, stage_clock)
+    rows += unlearn_rows("unlearned", result, reached, len(forget_items))
     if result.diverged:
         log.error("unlearning diverged (non-finite loss) at step %d: the unlearned stage is not evaluated", result.steps)
     else:
@@ -159,7 +251,7 @@ def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any
                        "models": {"target": target_info, "oracle": oracle_info}},
         "unlearn": {"steps": result.steps, "diverged": result.diverged, "stop_target": target_acc,
                     "reached_target": reached, "final_loss": result.final_loss, "stop_trace": trace,
-                    "losses": result.losses},
+                    "losses": result.losses, **({"requests": requests_log} if requests_log is not None else {})},
         "rows": [r.as_dict() for r in rows],
     }
     path = write_record(run_dir, record, ctx.examples)
