@@ -181,6 +181,10 @@ def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any
     bench: Benchmark = instantiate(cfg.benchmark, _convert_="all")
     target_acc = stop_target(cfg, bench)
     request_suites = validate_continual(cfg, bench)
+    settings = OmegaConf.to_container(cfg.suite_settings, resolve=True) or {}
+    for name, suite in suites.items():  # a suite may check its settings against the benchmark
+        if hasattr(suite, "validate"):
+            suite.validate(settings.get(name) or {}, bench)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     tokenizer = load_tokenizer(cfg.model.get("tokenizer"))
@@ -200,8 +204,7 @@ def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any
     oracle, oracle_info = obtain_model("oracle", model_spec, bench, tokenizer, cfg.cache_dir, cfg.seed)
     stage_clock("models", start)
 
-    ctx = SuiteContext(bench=bench, tokenizer=tokenizer, oracle=oracle, target=target,
-                       settings=OmegaConf.to_container(cfg.suite_settings, resolve=True) or {})
+    ctx = SuiteContext(bench=bench, tokenizer=tokenizer, oracle=oracle, target=target, settings=settings)
     rows: list[Row] = []
 
     def evaluate(model, stage: str) -> None:

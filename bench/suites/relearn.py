@@ -1,0 +1,168 @@
+"""Relearn suite: is the knowledge erased, or only hidden? (PROTOCOLS.md, "Relearn suite")
+
+For a stage listed in ``suite_settings.relearn.stages`` (default: target and unlearned), every
+attack of the run config (``attack: [...]``, specs in ``conf/attack/``, see ``bench.attacks``)
+fine-tunes a copy of that stage's model, and, as control, a copy of the oracle with the same
+data, seeds and budget (computed once per run). Per attack, for split ``forget_heldout`` (the
+forget facts the attack did not train on):
+
+- ``mcq_acc@step<N>``, ``em@step<N>``: the relearn curve (mean over repeats, pooled over folds)
+  at the grid's worst-case lr for that metric;
+- ``mcq_acc@lr<lr>``, ``em@lr<lr>``: the maximum over the trajectory, per lr;
+- ``mcq_acc``, ``em``: the worst case over the lr grid of the maximum over the trajectory;
+- ``attack_lr@mcq_acc``, ``attack_lr@em``: the lr of that worst case;
+- ``recovery`` (mcq_acc) and ``recovery@em``: attacked worst case − oracle-attacked worst case
+  (not on the oracle's own rows); ``wall_s``.
+Split ``forget_trained`` (data=forget_*) or ``retain`` (benign): mcq_acc and em of the trained
+facts at the end of the worst-case-lr attack (did the attack learn what it was shown?).
+
+Stages: ``attacked/<attack>`` for the unlearned model, ``oracle_attacked/<attack>`` for the
+control, ``target_attacked/<attack>`` for the target (a no-op check: it knows every fact
+already), ``<stage>/attacked/<attack>`` for any other stage. Relearn curves for every lr and
+per-item trajectories at the worst-case lr go to examples.jsonl (suite ``relearn``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.attacks import AttackConfigError, AttackSpec, attack_folds, parse_attacks, pooled_curve, run_attack, worst_over_grid
+from bench.benchmark import Benchmark
+from bench.suites import Row, SuiteContext
+
+SUITE = "relearn"
+SPLIT = "forget_heldout"
+METRICS = ("mcq_acc", "em")
+DEFAULT_STAGES = ("target", "unlearned")
+log = logging.getLogger(__name__)
+
+
+def validate(settings: dict[str, Any], bench: Benchmark) -> None:
+    """Checks before compute: attack specs, their fit to the world, and the attacked stages."""
+    parse_attacks(settings.get("attacks"), bench)
+    stages = settings.get("stages", DEFAULT_STAGES)
+    if not isinstance(stages, (list, tuple)) or not all(isinstance(s, str) for s in stages) or "oracle" in stages:
+        raise AttackConfigError(f"suite_settings.relearn.stages must be a list of stage names other than 'oracle' "
+                                f"(the oracle is always attacked as control), got {stages!r}")
+
+
+def stage_label(stage: str, attack: str) -> str:
+    return {"unlearned": f"attacked/{attack}", "oracle": f"oracle_attacked/{attack}",
+            "target": f"target_attacked/{attack}"}.get(stage, f"{stage}/attacked/{attack}")
+
+
+@dataclass
+class Outcome:
+    """One attack (one variant) on one model: curves per lr over the spec's checkpoints."""
+
+    attack: str
+    spec: AttackSpec
+    curves: dict[str, dict[float, np.ndarray]] = field(default_factory=dict)   # metric -> lr -> curve
+    trained: dict[str, dict[float, float]] = field(default_factory=dict)       # metric -> lr -> final score
+    items: dict[float, list[dict[str, Any]]] = field(default_factory=dict)     # lr -> per-item trajectories
+    n_heldout: int = 0
+    n_trained: int = 0
+    diverged: int = 0
+    wall_s: float = 0.0
+
+    def worst(self, metric: str) -> tuple[float, float]:
+        return worst_over_grid(self.curves[metric])
+
+
+def attack(model, spec: AttackSpec, attack_name: str, fraction: float | None, ctx: SuiteContext) -> Outcome:
+    seed = int(ctx.setting(SUITE, "seed", 0))
+    batch_size = int(ctx.setting(SUITE, "batch_size", 64))
+    out = Outcome(attack_name, spec)
+    start = time.perf_counter()
+    points = spec.checkpoints
+    for metric in METRICS:
+        out.curves[metric], out.trained[metric] = {}, {}
+    for lr in spec.lrs:
+        per_repeat: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+        trained: dict[str, list[float]] = {m: [] for m in METRICS}
+        out.items[lr] = []
+        for repeat in range(spec.repeats):
+            folds = attack_folds(spec, ctx.bench, seed, repeat, fraction)
+            trajs = []
+            for f, fold in enumerate(folds):
+                traj, _ = run_attack(model, spec, fold, lr, seed * 1000 + repeat * 100 + f, ctx.bench, ctx.tokenizer, batch_size)
+                trajs.append(traj)
+                out.diverged += int(traj.diverged)
+                out.items[lr] += [{"id": it.id, "repeat": repeat, "fold": f, "steps": traj.steps,
+                                   "mcq_correct": traj.mcq[:, i].tolist(), "em": traj.em[:, i].tolist()}
+                                  for i, it in enumerate(fold.heldout)]
+            out.n_heldout = sum(len(fd.heldout) for fd in folds)
+            out.n_trained = len(folds[0].train_items)
+            per_repeat["mcq_acc"].append(pooled_curve(trajs, points, "mcq"))
+            per_repeat["em"].append(pooled_curve(trajs, points, "em"))
+            trained["mcq_acc"].append(float(np.mean([t.train_mcq for t in trajs])))
+            trained["em"].append(float(np.mean([t.train_em for t in trajs])))
+        for m in METRICS:
+            stacked = np.vstack(per_repeat[m])
+            out.curves[m][lr] = np.array([np.nanmean(c) if np.isfinite(c).any() else np.nan for c in stacked.T])
+            out.trained[m][lr] = float(np.nanmean(trained[m])) if np.isfinite(trained[m]).any() else float("nan")
+    out.wall_s = time.perf_counter() - start
+    if out.diverged:
+        log.warning("relearn %s: %d trajectories diverged (non-finite loss); their later steps are missing", attack_name, out.diverged)
+    return out
+
+
+def attack_all(model, ctx: SuiteContext) -> list[Outcome]:
+    specs = parse_attacks(ctx.setting(SUITE, "attacks", {}), ctx.bench)
+    return [attack(model, spec, name, fraction, ctx) for spec in specs for name, fraction in spec.variants()]
+
+
+def outcome_rows(stage: str, out: Outcome, control: Outcome | None) -> list[Row]:
+    label = stage_label(stage, out.attack)
+    rows: list[Row] = []
+    n = out.n_heldout * out.spec.repeats
+    trained_split = "retain" if out.spec.data == "benign" else "forget_trained"
+    for m in METRICS:
+        lr, worst = out.worst(m)
+        rows.append(Row(label, SUITE, SPLIT, m, worst, n))
+        rows.append(Row(label, SUITE, SPLIT, f"attack_lr@{m}", lr, n))
+        rows += [Row(label, SUITE, SPLIT, f"{m}@step{s}", v, n) for s, v in zip(out.spec.checkpoints, out.curves[m][lr])]
+        rows += [Row(label, SUITE, SPLIT, f"{m}@lr{g:g}", worst_over_grid({g: c})[1], n) for g, c in out.curves[m].items()]
+        if out.n_trained:
+            rows.append(Row(label, SUITE, trained_split, m, out.trained[m][lr], out.n_trained * out.spec.repeats))
+        if control is not None:
+            rows.append(Row(label, SUITE, SPLIT, "recovery" if m == "mcq_acc" else f"recovery@{m}", worst - control.worst(m)[1], n))
+    rows.append(Row(label, SUITE, SPLIT, "wall_s", out.wall_s, n))
+    if out.diverged:
+        rows.append(Row(label, SUITE, SPLIT, "diverged", out.diverged, n))
+    return rows
+
+
+def outcome_examples(stage: str, out: Outcome) -> list[dict[str, Any]]:
+    label = stage_label(stage, out.attack)
+    base = {"stage": label, "suite": SUITE, "split": SPLIT, "attack": out.attack}
+    ex = [{**base, "kind": "curve", "lr": lr, "step": s, **{m: float(out.curves[m][lr][i]) for m in METRICS}}
+          for lr in out.spec.lrs for i, s in enumerate(out.spec.checkpoints)]
+    lr, _ = out.worst("mcq_acc")
+    ex += [{**base, "kind": "item", "lr": lr, **item} for item in out.items[lr]]
+    return ex
+
+
+def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
+    stages = ctx.setting(SUITE, "stages", DEFAULT_STAGES)
+    if not ctx.setting(SUITE, "attacks", {}) or (stage != "oracle" and stage not in stages) or not stages:
+        return []
+    controls: list[Outcome] = ctx.reference((SUITE, "oracle_attacked"), lambda: attack_all(ctx.oracle, ctx))
+    rows: list[Row] = []
+    emitted = ctx.reference((SUITE, "oracle_rows_emitted"), lambda: [False])
+    if not emitted[0]:  # the control's rows, once per run, whichever stage asks first
+        emitted[0] = True
+        for c in controls:
+            rows += outcome_rows("oracle", c, None)
+            ctx.examples.extend(outcome_examples("oracle", c))
+    if stage == "oracle":
+        return rows
+    for out, control in zip(attack_all(model, ctx), controls, strict=True):
+        rows += outcome_rows(stage, out, control)
+        ctx.examples.extend(outcome_examples(stage, out))
+    return rows

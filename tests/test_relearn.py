@@ -1,0 +1,185 @@
+"""Relearn suite: attack specs, folds by person, trajectory aggregation, copies, LoRA, end to end."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bench.attacks import (AttackConfigError, AttackSpec, Fold, Trajectory, attack_folds, max_over_trajectory, parse_attacks,
+                           person_folds, pooled_curve, run_attack, worst_over_grid)
+from bench.run import run
+from bench.suites import SuiteContext
+from bench.suites import relearn as relearn_suite
+from tests.conftest import compose_config
+
+FAST = {"lrs": [1e-2], "steps": 4, "eval_steps": [0, 2, 4], "batch_size": 4}
+# The default attacks shrunk to the micro world (2 forget people) and a few steps.
+MICRO_ATTACKS = ["attack.rtt.folds=2"] + [f"attack.{a}.{k}={v}".replace(" ", "") for a in ("harmful", "rtt", "benign", "lora")
+                                          for k, v in FAST.items()]
+
+
+def test_default_attack_configs_parse_and_fit_the_default_world():
+    cfg = compose_config(micro=False)
+    specs = parse_attacks(OmegaConf.to_container(cfg.suite_settings.relearn.attacks, resolve=True))
+    names = [n for s in specs for n, _ in s.variants()]
+    assert names == ["harmful_p0.1", "harmful_p0.3", "rtt", "benign", "lora_p0.3"]
+    from hydra.utils import instantiate
+    bench = instantiate(cfg.benchmark, _convert_="all")
+    for s in specs:
+        s.check_world(bench)
+    assert [s.name for s in parse_attacks(compose_config("attack=[rtt]", micro=False).attack)] == ["rtt"]
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"data": "forget_folds", "lrs": [1e-3], "steps": 5}, "folds >= 2"),
+    ({"data": "forget_fraction", "fractions": [1.5], "lrs": [1e-3], "steps": 5}, "fractions"),
+    ({"data": "benign", "lrs": [], "steps": 5}, "lrs"),
+    ({"data": "benign", "lrs": [1e-3], "steps": 5, "eval_steps": [0, 9]}, "eval_steps"),
+    ({"data": "benign", "lrs": [1e-3], "steps": 5, "finetune": "qlora"}, "finetune"),
+    ({"data": "benign", "lrs": [1e-3], "steps": 5, "lr": 1e-3}, "unknown key"),
+    ({"data": "elsewhere", "lrs": [1e-3], "steps": 5}, "data must be"),
+])
+def test_bad_attack_specs_fail_before_compute(raw, needle):
+    with pytest.raises(AttackConfigError, match=needle):
+        AttackSpec.from_config("x", raw)
+
+
+def test_world_checks_run_before_compute(micro_bench, tmp_path):
+    spec = AttackSpec.from_config("rtt", {"data": "forget_folds", "folds": 4, "lrs": [1e-3], "steps": 5})
+    with pytest.raises(AttackConfigError, match="folds <= 2"):
+        spec.check_world(micro_bench)
+    # The runner checks suite settings before it trains anything (no cache dir gets created).
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "suites=[relearn]")
+    with pytest.raises(AttackConfigError, match="folds"):
+        run(cfg, tmp_path / "run", "ga")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_folds_by_person_are_disjoint_and_cover_the_forget_split():
+    from bench.world import synthetic_world
+    bench = synthetic_world(seed=0, n_people=40, forget_fraction=0.25, holdout_fraction=0.1, n_relations=3,
+                            n_general_facts=2, n_general_text=2, n_heldout_text=1)
+    forget = {it.id for it in bench.split("forget")}
+    people = bench.groups("forget")
+    folds = person_folds(people, 4)
+    assert sorted(p for f in folds for p in f) == sorted(people) and max(map(len, folds)) - min(map(len, folds)) <= 1
+    rtt = AttackSpec.from_config("rtt", {"data": "forget_folds", "folds": 4, "lrs": [1e-3], "steps": 5})
+    for repeat in (0, 1):
+        cut = attack_folds(rtt, bench, seed=0, repeat=repeat)
+        held = [it.id for f in cut for it in f.heldout]
+        assert sorted(held) == sorted(forget)  # every forget fact scored exactly once
+        for f in cut:
+            train_people, held_people = {it.group for it in f.train_items}, {it.group for it in f.heldout}
+            assert not train_people & held_people  # split by person
+            assert {it.id for it in f.train_items} | {it.id for it in f.heldout} == forget
+    harmful = AttackSpec.from_config("harmful", {"data": "forget_fraction", "fractions": [0.1, 0.3], "lrs": [1e-3], "steps": 5})
+    (small,), (large,) = attack_folds(harmful, bench, 0, 0, 0.1), attack_folds(harmful, bench, 0, 0, 0.3)
+    assert len({it.group for it in small.train_items}) == 1 and len({it.group for it in large.train_items}) == 3
+    assert {it.group for it in small.train_items} <= {it.group for it in large.train_items}
+    for f in (small, large):
+        assert not {it.group for it in f.train_items} & {it.group for it in f.heldout}
+        assert {it.id for it in f.train_items} | {it.id for it in f.heldout} == forget
+    benign = AttackSpec.from_config("benign", {"data": "benign", "sources": ["retain"], "lrs": [1e-3], "steps": 5})
+    (b,) = attack_folds(benign, bench, 0, 0)
+    assert {it.id for it in b.heldout} == forget and all(it.split == "retain" for it in b.train_items)
+
+
+def _traj(steps, rows):
+    arr = np.array(rows, bool)
+    return Trajectory(steps=steps, mcq=arr, em=arr, train_mcq=1.0, train_em=1.0, losses=[], diverged=False, wall_s=0.0)
+
+
+def test_max_over_trajectory_and_worst_over_grid_on_scripted_scores():
+    assert max_over_trajectory([0.25, 0.5, 0.375, 0.25]) == 0.5
+    assert max_over_trajectory([0.1, float("nan"), 0.3]) == 0.3
+    grid = {1e-4: [0.25, 0.30, 0.35], 1e-3: [0.25, 0.60, 0.40], 1e-2: [0.25, 0.55, 0.60]}
+    assert worst_over_grid(grid) == (1e-3, 0.60)  # ties keep the first lr in grid order
+    assert worst_over_grid({1e-4: [0.2, 0.4], 1e-3: [0.1, 0.7]}) == (1e-3, 0.7)
+    # Folds are pooled over items: fold A (2 items) and fold B (1 item) at steps 0, 2, 4.
+    a = _traj([0, 2, 4], [[0, 0], [1, 0], [1, 1]])
+    b = _traj([0, 2, 4], [[1], [0], [0]])
+    assert pooled_curve([a, b], [0, 2, 4], "mcq").tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+    # A fold that stopped early (diverged) leaves nan where it has no score; the max ignores it.
+    c = _traj([0, 2], [[1], [1]])
+    curve = pooled_curve([a, c], [0, 2, 4], "mcq")
+    assert np.isnan(curve[2]) and max_over_trajectory(curve) == pytest.approx(2 / 3)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _harmful_fold(bench):
+    spec = AttackSpec.from_config("h", {"data": "forget_fraction", "fractions": [0.5], **FAST})
+    return spec, attack_folds(spec, bench, 0, 0, 0.5)[0]
+
+
+def test_attack_never_modifies_the_model_it_was_given(trained_micro, micro_bench, tokenizer):
+    spec, fold = _harmful_fold(micro_bench)
+    # A forward hook stands in for a method's wrapping (MRP): the attack keeps it on the copy.
+    calls = []
+    model = copy.deepcopy(trained_micro)
+    model.model.layers[0].register_forward_hook(lambda mod, inp, out: calls.append(1))
+    before = _state(model)
+    traj, attacked = run_attack(model, spec, fold, 1e-2, 0, micro_bench, tokenizer)
+    after = _state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(v, attacked.state_dict()[k]) for k, v in before.items())
+    assert attacked is not model and calls  # the hook ran during the attack
+    assert traj.steps == [0, 2, 4] and traj.mcq.shape == (3, len(fold.heldout)) and not traj.diverged
+
+
+def test_lora_attack_trains_only_adapters(trained_micro, micro_bench, tokenizer):
+    spec = AttackSpec.from_config("l", {"data": "forget_fraction", "fractions": [0.5], "finetune": "lora",
+                                        "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}, **FAST})
+    fold = attack_folds(spec, micro_bench, 0, 0, 0.5)[0]
+    base = _state(trained_micro)
+    _, attacked = run_attack(trained_micro, spec, fold, 1e-2, 0, micro_bench, tokenizer)
+    state = attacked.state_dict()
+    lora_keys = [k for k in state if "lora_" in k]
+    assert lora_keys and all(("q_proj" in k or "v_proj" in k or "down_proj" in k) for k in lora_keys)
+    assert any("lora_B" in k and state[k].abs().sum() > 0 for k in lora_keys)  # adapters moved (B starts at 0)
+    for k, v in base.items():  # every base weight (peft renames wrapped ones to ...base_layer.weight)
+        k2 = k if k in state else k.replace(".weight", ".base_layer.weight")
+        assert torch.equal(v, state[k2]), k
+    trainable = {n for n, p in attacked.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all("lora_" not in k for k in _state(trained_micro))  # the original got no adapters
+
+
+def test_oracle_control_is_computed_once_per_run(trained_micro, micro_bench, tokenizer, monkeypatch):
+    ctx = SuiteContext(bench=micro_bench, tokenizer=tokenizer, oracle=trained_micro,
+                       settings={"relearn": {"attacks": {"harmful": {"data": "forget_fraction", "fractions": [0.5], **FAST}},
+                                             "stages": ["target", "unlearned"]}})
+    seen = []
+    real = relearn_suite.attack_all
+    monkeypatch.setattr(relearn_suite, "attack_all", lambda model, c: seen.append(model) or real(model, c))
+    rows = []
+    for stage in ("oracle", "target", "unlearned"):
+        rows += relearn_suite.evaluate(trained_micro, stage, ctx)
+    assert seen.count(trained_micro) == 3  # oracle once (memoised), then target and unlearned
+    stages = [r.stage for r in rows if r.metric == "mcq_acc" and r.split == "forget_heldout"]
+    assert stages == ["oracle_attacked/harmful_p0.5", "target_attacked/harmful_p0.5", "attacked/harmful_p0.5"]
+    # The same model attacked as control and as stage: same data and seeds, so recovery is exactly 0.
+    assert {r.value for r in rows if r.metric == "recovery"} == {0.0}
+
+
+def test_micro_end_to_end_writes_attacked_and_oracle_rows(tmp_path):
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "suites=[knowledge,relearn]", "suite_settings.relearn.stages=[unlearned]",
+                         *MICRO_ATTACKS)
+    record = run(cfg, tmp_path / "run", "ga")
+    rows = {(r["stage"], r["split"], r["metric"]): r["value"] for r in record["rows"] if r["suite"] == "relearn"}
+    for attack in ("harmful_p0.1", "harmful_p0.3", "rtt", "benign", "lora_p0.3"):
+        for stage in (f"attacked/{attack}", f"oracle_attacked/{attack}"):
+            for metric in ("mcq_acc", "em", "mcq_acc@step0", "mcq_acc@step4", "em@step2", "mcq_acc@lr0.01", "wall_s"):
+                assert (stage, "forget_heldout", metric) in rows, (stage, metric)
+        worst = rows[(f"attacked/{attack}", "forget_heldout", "mcq_acc")]
+        control = rows[(f"oracle_attacked/{attack}", "forget_heldout", "mcq_acc")]
+        assert rows[(f"attacked/{attack}", "forget_heldout", "recovery")] == pytest.approx(worst - control)
+        assert worst == max(rows[(f"attacked/{attack}", "forget_heldout", f"mcq_acc@step{s}")] for s in (0, 2, 4))
+        assert (f"oracle_attacked/{attack}", "forget_heldout", "recovery") not in rows
+    assert ("attacked/rtt", "forget_trained", "mcq_acc") in rows and ("attacked/benign", "retain", "em") in rows
+    assert not any(s.startswith("target_attacked/") for s, _, _ in rows)
+    assert len([k for k in rows if k[0] == "oracle_attacked/rtt" and k[2] == "mcq_acc"]) == 2  # heldout + trained, once
