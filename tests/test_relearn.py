@@ -20,6 +20,15 @@ MICRO_ATTACKS = ["attack.rtt.folds=2"] + [f"attack.{a}.{k}={v}".replace(" ", "")
                                           for k, v in FAST.items()]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Attacks are many small steps: one thread is fastest on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_default_attack_configs_parse_and_fit_the_default_world():
     cfg = compose_config(micro=False)
     specs = parse_attacks(OmegaConf.to_container(cfg.suite_settings.relearn.attacks, resolve=True))
@@ -116,11 +125,11 @@ def _harmful_fold(bench):
     return spec, attack_folds(spec, bench, 0, 0, 0.5)[0]
 
 
-def test_attack_never_modifies_the_model_it_was_given(trained_micro, micro_bench, tokenizer):
+def test_attack_never_modifies_the_model_it_was_given(fresh_micro, micro_bench, tokenizer):
     spec, fold = _harmful_fold(micro_bench)
     # A forward hook stands in for a method's wrapping (MRP): the attack keeps it on the copy.
     calls = []
-    model = copy.deepcopy(trained_micro)
+    model = copy.deepcopy(fresh_micro)
     model.model.layers[0].register_forward_hook(lambda mod, inp, out: calls.append(1))
     before = _state(model)
     traj, attacked = run_attack(model, spec, fold, 1e-2, 0, micro_bench, tokenizer)
@@ -131,12 +140,12 @@ def test_attack_never_modifies_the_model_it_was_given(trained_micro, micro_bench
     assert traj.steps == [0, 2, 4] and traj.mcq.shape == (3, len(fold.heldout)) and not traj.diverged
 
 
-def test_lora_attack_trains_only_adapters(trained_micro, micro_bench, tokenizer):
+def test_lora_attack_trains_only_adapters(fresh_micro, micro_bench, tokenizer):
     spec = AttackSpec.from_config("l", {"data": "forget_fraction", "fractions": [0.5], "finetune": "lora",
                                         "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}, **FAST})
     fold = attack_folds(spec, micro_bench, 0, 0, 0.5)[0]
-    base = _state(trained_micro)
-    _, attacked = run_attack(trained_micro, spec, fold, 1e-2, 0, micro_bench, tokenizer)
+    base = _state(fresh_micro)
+    _, attacked = run_attack(fresh_micro, spec, fold, 1e-2, 0, micro_bench, tokenizer)
     state = attacked.state_dict()
     lora_keys = [k for k in state if "lora_" in k]
     assert lora_keys and all(("q_proj" in k or "v_proj" in k or "down_proj" in k) for k in lora_keys)
@@ -146,11 +155,11 @@ def test_lora_attack_trains_only_adapters(trained_micro, micro_bench, tokenizer)
         assert torch.equal(v, state[k2]), k
     trainable = {n for n, p in attacked.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert all("lora_" not in k for k in _state(trained_micro))  # the original got no adapters
+    assert all("lora_" not in k for k in _state(fresh_micro))  # the original got no adapters
 
 
-def test_oracle_control_is_computed_once_per_run(trained_micro, micro_bench, tokenizer, monkeypatch):
-    ctx = SuiteContext(bench=micro_bench, tokenizer=tokenizer, oracle=trained_micro,
+def test_oracle_control_is_computed_once_per_run(fresh_micro, micro_bench, tokenizer, monkeypatch):
+    ctx = SuiteContext(bench=micro_bench, tokenizer=tokenizer, oracle=fresh_micro,
                        settings={"relearn": {"attacks": {"harmful": {"data": "forget_fraction", "fractions": [0.5], **FAST}},
                                              "stages": ["target", "unlearned"]}})
     seen = []
@@ -158,8 +167,8 @@ def test_oracle_control_is_computed_once_per_run(trained_micro, micro_bench, tok
     monkeypatch.setattr(relearn_suite, "attack_all", lambda model, c: seen.append(model) or real(model, c))
     rows = []
     for stage in ("oracle", "target", "unlearned"):
-        rows += relearn_suite.evaluate(trained_micro, stage, ctx)
-    assert seen.count(trained_micro) == 3  # oracle once (memoised), then target and unlearned
+        rows += relearn_suite.evaluate(fresh_micro, stage, ctx)
+    assert seen.count(fresh_micro) == 3  # oracle once (memoised), then target and unlearned
     stages = [r.stage for r in rows if r.metric == "mcq_acc" and r.split == "forget_heldout"]
     assert stages == ["oracle_attacked/harmful_p0.5", "target_attacked/harmful_p0.5", "attacked/harmful_p0.5"]
     # The same model attacked as control and as stage: same data and seeds, so recovery is exactly 0.
@@ -168,7 +177,7 @@ def test_oracle_control_is_computed_once_per_run(trained_micro, micro_bench, tok
 
 def test_micro_end_to_end_writes_attacked_and_oracle_rows(tmp_path):
     cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "suites=[knowledge,relearn]", "suite_settings.relearn.stages=[unlearned]",
-                         *MICRO_ATTACKS)
+                         "threads=1", *MICRO_ATTACKS)
     record = run(cfg, tmp_path / "run", "ga")
     rows = {(r["stage"], r["split"], r["metric"]): r["value"] for r in record["rows"] if r["suite"] == "relearn"}
     for attack in ("harmful_p0.1", "harmful_p0.3", "rtt", "benign", "lora_p0.3"):
