@@ -43,6 +43,13 @@ COLUMNS = [
     Column("forget quality", "knowledge", "forget", "forget_quality", "higher"),
     Column("mia auc", "privacy", "forget", "mia_auc", "zero"),
     Column("privleak", "privacy", "forget", "privleak", "zero"),
+    # relearn suite: worst-case forget_heldout mcq_acc after each default attack (oracle row = control)
+    Column("h0.1 relearn mcq", "relearn", "forget_heldout", "mcq_acc@harmful_p0.1", "lower"),
+    Column("h0.3 relearn mcq", "relearn", "forget_heldout", "mcq_acc@harmful_p0.3", "lower"),
+    Column("rtt relearn mcq", "relearn", "forget_heldout", "mcq_acc@rtt", "lower"),
+    Column("benign relearn mcq", "relearn", "forget_heldout", "mcq_acc@benign", "lower"),
+    Column("lora relearn mcq", "relearn", "forget_heldout", "mcq_acc@lora_p0.3", "lower"),
+    Column("max recovery", "relearn", "forget_heldout", "recovery@worst", "lower"),
     Column("steps", "unlearn", "forget", "steps", "lower"),
     Column("unlearn s", "unlearn", "forget", "wall_s", "lower"),
 ]

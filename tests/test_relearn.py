@@ -192,3 +192,8 @@ def test_micro_end_to_end_writes_attacked_and_oracle_rows(tmp_path):
     assert ("attacked/rtt", "forget_trained", "mcq_acc") in rows and ("attacked/benign", "retain", "em") in rows
     assert not any(s.startswith("target_attacked/") for s, _, _ in rows)
     assert len([k for k in rows if k[0] == "oracle_attacked/rtt" and k[2] == "mcq_acc"]) == 2  # heldout + trained, once
+    # Summary rows on the unlearned and oracle stages feed the report's relearn columns.
+    assert ("unlearned", "forget_heldout", "recovery@worst") in rows and ("oracle", "forget_heldout", "mcq_acc@rtt") in rows
+    from bench.report import records_frame, table
+    text, _ = table(records_frame([record]))
+    assert {"rtt relearn mcq", "max recovery"} <= set(text.columns) and text.loc["ga", "max recovery"] != ""

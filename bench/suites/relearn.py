@@ -1,6 +1,6 @@
 """Relearn suite: is the knowledge erased, or only hidden? (PROTOCOLS.md, "Relearn suite")
 
-For a stage listed in ``suite_settings.relearn.stages`` (default: target and unlearned), every
+For a stage listed in ``suite_settings.relearn.stages`` (default: unlearned), every
 attack of the run config (``attack: [...]``, specs in ``conf/attack/``, see ``bench.attacks``)
 fine-tunes a copy of that stage's model, and, as control, a copy of the oracle with the same
 data, seeds and budget (computed once per run). Per attack, for split ``forget_heldout`` (the
@@ -15,6 +15,11 @@ forget facts the attack did not train on):
   (not on the oracle's own rows); ``wall_s``.
 Split ``forget_trained`` (data=forget_*) or ``retain`` (benign): mcq_acc and em of the trained
 facts at the end of the worst-case-lr attack (did the attack learn what it was shown?).
+
+Summary rows on the evaluated stage itself (``unlearned``, ``target``; ``oracle`` for the
+control), split ``forget_heldout``: ``mcq_acc@<attack>``, ``em@<attack>`` (the worst cases
+above), ``recovery@<attack>`` and ``recovery@worst`` (the largest recovery over the attacks),
+so that ``bench.report`` puts them in each method's table row.
 
 Stages: ``attacked/<attack>`` for the unlearned model, ``oracle_attacked/<attack>`` for the
 control, ``target_attacked/<attack>`` for the target (a no-op check: it knows every fact
@@ -38,7 +43,7 @@ from bench.suites import Row, SuiteContext
 SUITE = "relearn"
 SPLIT = "forget_heldout"
 METRICS = ("mcq_acc", "em")
-DEFAULT_STAGES = ("target", "unlearned")
+DEFAULT_STAGES = ("unlearned",)
 log = logging.getLogger(__name__)
 
 
@@ -148,6 +153,22 @@ def outcome_examples(stage: str, out: Outcome) -> list[dict[str, Any]]:
     return ex
 
 
+def summary_rows(stage: str, outs: list[Outcome], controls: list[Outcome] | None) -> list[Row]:
+    """Headline numbers on the evaluated stage itself (one table row per method in bench.report)."""
+    rows: list[Row] = []
+    recoveries = []
+    for i, out in enumerate(outs):
+        n = out.n_heldout * out.spec.repeats
+        for m in METRICS:
+            rows.append(Row(stage, SUITE, SPLIT, f"{m}@{out.attack}", out.worst(m)[1], n))
+        if controls is not None:
+            recoveries.append(out.worst("mcq_acc")[1] - controls[i].worst("mcq_acc")[1])
+            rows.append(Row(stage, SUITE, SPLIT, f"recovery@{out.attack}", recoveries[-1], n))
+    if recoveries:
+        rows.append(Row(stage, SUITE, SPLIT, "recovery@worst", float(np.nanmax(recoveries)), len(recoveries)))
+    return rows
+
+
 def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
     stages = ctx.setting(SUITE, "stages", DEFAULT_STAGES)
     if not ctx.setting(SUITE, "attacks", {}) or (stage != "oracle" and stage not in stages) or not stages:
@@ -160,9 +181,11 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
         for c in controls:
             rows += outcome_rows("oracle", c, None)
             ctx.examples.extend(outcome_examples("oracle", c))
+        rows += summary_rows("oracle", controls, None)
     if stage == "oracle":
         return rows
-    for out, control in zip(attack_all(model, ctx), controls, strict=True):
+    outs = attack_all(model, ctx)
+    for out, control in zip(outs, controls, strict=True):
         rows += outcome_rows(stage, out, control)
         ctx.examples.extend(outcome_examples(stage, out))
-    return rows
+    return rows + summary_rows(stage, outs, controls)
