@@ -34,7 +34,7 @@ import torch
 from bench.benchmark import Benchmark, QAItem
 from bench.data import BatchStream, encode_text, pad_id, qa_examples
 from bench.scoring import mean_nll, model_device, score_answers
-from bench.suites._items import mcq_correct, prompts
+from bench.suites._items import prompts
 from bench.train import TrainConfig, train_loop
 
 DATA_SOURCES = ("forget_fraction", "forget_folds", "benign")
@@ -261,7 +261,7 @@ class Trajectory:
     steps: list[int]
     mcq: np.ndarray  # [len(steps), n_heldout] bool
     em: np.ndarray
-    train_mcq: float  # mean over trained QA items at the last evaluated step (nan if none)
+    train_mcq: float  # mean over trained QA items (up to TRAIN_EVAL_MAX) after the attack (nan if none)
     train_em: float
     losses: list[float]
     diverged: bool
@@ -289,23 +289,48 @@ def add_lora(model: torch.nn.Module, spec: LoraSpec) -> list[torch.nn.Parameter]
     return adapters
 
 
-def score_facts(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(mcq correct, exact match) per item, trained phrasing."""
+def score_facts(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(mcq correct, exact match) per item, trained phrasing, from one teacher-forced pass over the options.
+
+    The gold answer is one of the options, so its exact-match verdict comes with the option
+    scores (``bench.suites._items.mcq_correct`` scores the same way: highest answer log-prob wins,
+    ties count wrong).
+    """
     if not items:
         return np.zeros(0, bool), np.zeros(0, bool)
-    mcq = mcq_correct(model, tokenizer, bench, items, "question", batch_size)
-    em = score_answers(model, tokenizer, prompts(bench, items, "question"), [it.answer for it in items], batch_size).exact
+    k = len(items[0].options)
+    ps = prompts(bench, items, "question")
+    scores = score_answers(model, tokenizer, [p for p in ps for _ in range(k)], [o for it in items for o in it.options], batch_size)
+    logp = scores.sum_logprob.reshape(len(items), k)
+    gold = np.array([it.answer_index for it in items])
+    best = logp.max(axis=1)
+    mcq = (logp.argmax(axis=1) == gold) & ((logp == best[:, None]).sum(axis=1) == 1)
+    em = scores.exact.reshape(len(items), k)[np.arange(len(items)), gold]
     return np.asarray(mcq, bool), np.asarray(em, bool)
 
 
+TRAIN_EVAL_MAX = 64  # trained facts scored after an attack (an even subsample of larger sets, e.g. benign)
+
+
+def train_eval_items(fold: Fold) -> tuple[QAItem, ...]:
+    items = fold.train_items
+    if len(items) <= TRAIN_EVAL_MAX:
+        return items
+    return tuple(items[i] for i in np.linspace(0, len(items) - 1, TRAIN_EVAL_MAX).round().astype(int))
+
+
 def run_attack(model: torch.nn.Module, spec: AttackSpec, fold: Fold, lr: float, seed: int, bench: Benchmark, tokenizer,
-               eval_batch_size: int = 64) -> tuple[Trajectory, torch.nn.Module]:
+               eval_batch_size: int = 256, initial: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Trajectory, torch.nn.Module]:
     """Fine-tune a deep copy of ``model`` on ``fold`` (shared loop) and score its held-out facts.
 
-    ``model`` itself is never modified. Returns the trajectory and the attacked copy.
+    ``model`` itself is never modified. ``initial``: the held-out scores before the attack if
+    already known (they do not depend on the lr). Returns the trajectory and the attacked copy.
     """
     attacked = copy.deepcopy(model)
-    params = add_lora(attacked, spec.lora) if spec.finetune == "lora" else None
+    if spec.finetune == "lora":
+        params = add_lora(attacked, spec.lora)
+    else:  # the attacker owns the weights: whatever a method froze is trainable again
+        params = [p.requires_grad_(True) for p in attacked.parameters() if p.is_floating_point()]
     device = model_device(attacked)
     stream = BatchStream(fold_examples(fold, bench, tokenizer), spec.batch_size, pad_id(tokenizer), seed=seed)
     cfg = TrainConfig(lr=lr, max_steps=spec.steps, batch_size=spec.batch_size, warmup_steps=spec.warmup_steps,
@@ -315,7 +340,10 @@ def run_attack(model: torch.nn.Module, spec: AttackSpec, fold: Fold, lr: float, 
     em: list[np.ndarray] = []
 
     def check(step: int) -> bool:
-        m, e = score_facts(attacked, tokenizer, bench, fold.heldout, eval_batch_size)
+        if step == 0 and initial is not None:
+            m, e = initial
+        else:
+            m, e = score_facts(attacked, tokenizer, bench, fold.heldout, eval_batch_size)
         steps.append(step)
         mcq.append(m)
         em.append(e)
@@ -324,7 +352,7 @@ def run_attack(model: torch.nn.Module, spec: AttackSpec, fold: Fold, lr: float, 
     start = time.perf_counter()
     result = train_loop(attacked, lambda b: mean_nll(attacked, b.to(device)), stream, cfg, params=params, check=check,
                         check_at=spec.checkpoints, desc=f"attack {spec.name}")
-    train_mcq, train_em = score_facts(attacked, tokenizer, bench, fold.train_items, eval_batch_size)
+    train_mcq, train_em = score_facts(attacked, tokenizer, bench, train_eval_items(fold), eval_batch_size)
     traj = Trajectory(steps=steps, mcq=np.array(mcq, bool).reshape(len(steps), len(fold.heldout)),
                       em=np.array(em, bool).reshape(len(steps), len(fold.heldout)),
                       train_mcq=float(train_mcq.mean()) if len(train_mcq) else float("nan"),

@@ -14,7 +14,8 @@ forget facts the attack did not train on):
 - ``recovery`` (mcq_acc) and ``recovery@em``: attacked worst case − oracle-attacked worst case
   (not on the oracle's own rows); ``wall_s``.
 Split ``forget_trained`` (data=forget_*) or ``retain`` (benign): mcq_acc and em of the trained
-facts at the end of the worst-case-lr attack (did the attack learn what it was shown?).
+facts (at most 64, an even subsample) at the end of the worst-case-lr attack (did the attack
+learn what it was shown?).
 
 Summary rows on the evaluated stage itself (``unlearned``, ``target``; ``oracle`` for the
 control), split ``forget_heldout``: ``mcq_acc@<attack>``, ``em@<attack>`` (the worst cases
@@ -36,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.attacks import AttackConfigError, AttackSpec, attack_folds, parse_attacks, pooled_curve, run_attack, worst_over_grid
+from bench.attacks import (AttackConfigError, AttackSpec, attack_folds, parse_attacks, pooled_curve, run_attack, train_eval_items,
+                           worst_over_grid)
 from bench.benchmark import Benchmark
 from bench.suites import Row, SuiteContext
 
@@ -81,12 +83,13 @@ class Outcome:
 
 def attack(model, spec: AttackSpec, attack_name: str, fraction: float | None, ctx: SuiteContext) -> Outcome:
     seed = int(ctx.setting(SUITE, "seed", 0))
-    batch_size = int(ctx.setting(SUITE, "batch_size", 64))
+    batch_size = int(ctx.setting(SUITE, "batch_size", 256))
     out = Outcome(attack_name, spec)
     start = time.perf_counter()
     points = spec.checkpoints
     for metric in METRICS:
         out.curves[metric], out.trained[metric] = {}, {}
+    initial: dict[tuple[int, int], Any] = {}  # (repeat, fold) -> held-out scores before the attack (same for every lr)
     for lr in spec.lrs:
         per_repeat: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
         trained: dict[str, list[float]] = {m: [] for m in METRICS}
@@ -95,14 +98,16 @@ def attack(model, spec: AttackSpec, attack_name: str, fraction: float | None, ct
             folds = attack_folds(spec, ctx.bench, seed, repeat, fraction)
             trajs = []
             for f, fold in enumerate(folds):
-                traj, _ = run_attack(model, spec, fold, lr, seed * 1000 + repeat * 100 + f, ctx.bench, ctx.tokenizer, batch_size)
+                traj, _ = run_attack(model, spec, fold, lr, seed * 1000 + repeat * 100 + f, ctx.bench, ctx.tokenizer, batch_size,
+                                     initial.get((repeat, f)))
+                initial[(repeat, f)] = (traj.mcq[0], traj.em[0])
                 trajs.append(traj)
                 out.diverged += int(traj.diverged)
                 out.items[lr] += [{"id": it.id, "repeat": repeat, "fold": f, "steps": traj.steps,
                                    "mcq_correct": traj.mcq[:, i].tolist(), "em": traj.em[:, i].tolist()}
                                   for i, it in enumerate(fold.heldout)]
             out.n_heldout = sum(len(fd.heldout) for fd in folds)
-            out.n_trained = len(folds[0].train_items)
+            out.n_trained = len(train_eval_items(folds[0]))
             per_repeat["mcq_acc"].append(pooled_curve(trajs, points, "mcq"))
             per_repeat["em"].append(pooled_curve(trajs, points, "em"))
             trained["mcq_acc"].append(float(np.mean([t.train_mcq for t in trajs])))
