@@ -327,10 +327,9 @@ def run_attack(model: torch.nn.Module, spec: AttackSpec, fold: Fold, lr: float, 
     already known (they do not depend on the lr). Returns the trajectory and the attacked copy.
     """
     attacked = copy.deepcopy(model)
-    if spec.finetune == "lora":
-        params = add_lora(attacked, spec.lora)
-    else:  # the attacker owns the weights: whatever a method froze is trainable again
-        params = [p.requires_grad_(True) for p in attacked.parameters() if p.is_floating_point()]
+    # Full fine-tuning trains what the deployed model leaves trainable: a method's frozen parts
+    # (MRP's projection directions) stay as deployed, so the wrapping stays on.
+    params = add_lora(attacked, spec.lora) if spec.finetune == "lora" else None
     device = model_device(attacked)
     stream = BatchStream(fold_examples(fold, bench, tokenizer), spec.batch_size, pad_id(tokenizer), seed=seed)
     cfg = TrainConfig(lr=lr, max_steps=spec.steps, batch_size=spec.batch_size, warmup_steps=spec.warmup_steps,
