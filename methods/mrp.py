@@ -332,12 +332,12 @@ class MRP(Method):
     """
 
     layers: list[int] = field(default_factory=lambda: [0])
-    k: int = 16
+    k: int = 32
     retain_energy: float = 0.9
     max_retain_rank: float = 0.5
     init_tokens: Literal["all", "answer"] = "all"
     lam: float = 1.2
-    lr: float = 0.5
+    lr: float = 1.0
     epochs: float | None = None
     init_info: dict = field(default_factory=dict, init=False, repr=False)
 
