@@ -168,6 +168,7 @@ def to_latex(text: pd.DataFrame) -> str:
 def write_tables(df: pd.DataFrame, out_dir: str | Path) -> str:
     """Write table.{md,csv,tex} into ``out_dir``; returns the Markdown."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     text, means = table(df)
     md = text.to_markdown()
     n_seeds = df["seed"].nunique()
