@@ -33,7 +33,8 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
         auc = mia_auc(members, holdout)
         rows.append(Row(stage, SUITE, split, "mia_auc", auc, len(members) + len(holdout)))
         if split == "forget":
-            oracle_auc = ctx.reference((SUITE, "oracle_auc"),
+            # Scoring the oracle itself already gave its AUC: reuse it instead of scoring it twice.
+            oracle_auc = ctx.reference((SUITE, "oracle_auc"), (lambda: auc) if model is ctx.oracle else
                                        lambda: mia_auc(min_k_scores(ctx.oracle, "forget", ctx), min_k_scores(ctx.oracle, "holdout", ctx)))
             rows.append(Row(stage, SUITE, split, "privleak", privleak(auc, oracle_auc), len(members) + len(holdout)))
     return rows
