@@ -33,6 +33,7 @@ import torch
 
 from bench.benchmark import Benchmark, QAItem
 from bench.data import BatchStream, encode_text, pad_id, qa_examples
+from bench.errors import UserError
 from bench.scoring import mean_nll, model_device, score_answers
 from bench.suites._items import prompts
 from bench.train import TrainConfig, train_loop
@@ -43,7 +44,7 @@ DEFAULT_EVAL_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class AttackConfigError(ValueError):
+class AttackConfigError(UserError):
     """An attack config that cannot work; the message names the attack, the key and the fix."""
 
 

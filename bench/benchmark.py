@@ -12,10 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from bench.errors import UserError
+
 SPLITS = ("forget", "retain", "holdout", "general")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     """Malformed benchmark data: the message names the file, the item and the fix."""
 
 

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from bench.benchmark import Benchmark
 from bench.data import BatchStream, encode_text, pad_id, qa_examples
+from bench.errors import UserError
 from bench.scoring import mean_nll
 from bench.train import TrainConfig, train_loop
 
@@ -43,7 +44,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError):
     """A ``model`` config that cannot work; the message names the key and the fix."""
 
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.benchmark import Benchmark, QAItem
 from bench.continual import continual_rows, split_requests
 from bench.data import check_lengths
+from bench.errors import ConfigError
 from bench.method import Method, UnlearnContext, UnlearnData
 from bench.models import obtain_model, pretrained_source, resolve_device, validate_model_spec
 from bench.stage_cache import evaluate_stage, stage_identity
@@ -33,10 +34,6 @@ from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
 
 log = logging.getLogger("bench.run")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and the fix."""
 
 
 def stop_target(cfg: DictConfig, bench: Benchmark) -> float | None:

@@ -52,6 +52,7 @@ import torch
 from filelock import FileLock
 
 from bench.benchmark import Benchmark
+from bench.errors import UserError
 from bench.suites import Row, SuiteContext
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ SPLIT = "utility"
 LOCAL_TASKS = ("general_mcq", "heldout_ppl")
 
 
-class UtilityConfigError(ValueError):
+class UtilityConfigError(UserError):
     """A bad ``suite_settings.utility`` value; the message names the key and the fix."""
 
 
