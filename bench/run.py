@@ -1,9 +1,17 @@
 """``python -m bench.run``: one unlearning run, evaluated at every stage, written as one record.
 
-config -> benchmark + tokenizer -> target and oracle models (cached) -> suites on the oracle and
-the target -> method.unlearn on a copy of the target -> suites on the unlearned model ->
-``record.json`` + ``examples.jsonl`` in Hydra's run directory. Everything that can be checked
-without compute (suites, method hyperparameters, stopping rule, benchmark) is checked first.
+``Run`` is the recipe (torchtune style): its constructor checks the whole config without
+compute and without touching the disk; ``execute`` runs the phases in order:
+
+    config ─► checks (schema, suites, method, benchmark, stopping rule, model shape)
+           ─► skip if run_dir holds a complete record of this config and code
+           ─► tokenizer + sequence-length checks ─► move a stale record aside
+           ─► target and oracle models (cached) ─► suites on the oracle and the target
+           ─► method.unlearn on a copy of the target (continual: one request after another)
+           ─► suites on the unlearned model ─► record.json + examples.jsonl
+
+A bad input is a ``UserError``: ``main`` prints its one line and exits 2 (traceback only with
+HYDRA_FULL_ERROR=1).
 """
 
 from __future__ import annotations
@@ -11,102 +19,337 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from bench import stages
 from bench.benchmark import Benchmark, QAItem
 from bench.continual import continual_rows, split_requests
 from bench.data import check_lengths
-from bench.errors import ConfigError
+from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, UnlearnContext, UnlearnData
 from bench.models import obtain_model, pretrained_source, resolve_device, validate_model_spec
-from bench.stage_cache import evaluate_stage, stage_identity
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
+from bench.run_config import RunConfig, UnlearnSettings, check_model_block, parse_typed, typed_kwargs
+from bench.scoring import score_answers
+from bench.stage_cache import evaluate_stage, stage_identity
 from bench.suites import Row, SuiteContext, load_suite
-from bench.suites._items import mcq_correct
+from bench.suites._items import mcq_correct, prompts
 from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
 
 log = logging.getLogger("bench.run")
 
 
-def stop_target(cfg: DictConfig, bench: Benchmark) -> float | None:
-    """The forget mcq_acc at which unlearning stops: ``auto`` = chance + margin, a number, or null."""
-    stop_at = cfg.unlearn.stop_at
-    if stop_at is None:
-        return None
-    if stop_at == "auto":
-        return bench.chance + float(cfg.unlearn.stop_margin)
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data; a missing required value (``???``) or a broken interpolation is a ConfigError."""
     try:
-        value = float(stop_at)
-    except (TypeError, ValueError):
-        raise ConfigError(f"unlearn.stop_at must be 'auto', a number in [0, 1] or null, got {stop_at!r}") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"unlearn.stop_at must lie in [0, 1] (it is a forget mcq_acc), got {value}")
-    return value
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"config key {key!r} has no usable value ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          f"set it on the command line, e.g. {key}=...") from None
 
 
-def validate_unlearn(cfg: DictConfig) -> None:
-    u = cfg.unlearn
-    if u.max_steps < 1:
-        raise ConfigError(f"unlearn.max_steps must be >= 1, got {u.max_steps}")
-    if u.batch_size < 1:
-        raise ConfigError(f"unlearn.batch_size must be >= 1, got {u.batch_size}")
-    if u.check_every < 1:
-        raise ConfigError(f"unlearn.check_every must be >= 1, got {u.check_every}")
-    if not 0 <= float(u.stop_margin) < 1:
-        raise ConfigError(f"unlearn.stop_margin must lie in [0, 1), got {u.stop_margin}")
+def method_class(block: dict[str, Any]) -> type[Method]:
+    target = block.get("_target_")
+    try:
+        cls = get_class(target) if isinstance(target, str) else None
+    except Exception:  # noqa: BLE001 - hydra wraps import failures in several types
+        cls = None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(f"method._target_ {target!r} is not an importable bench.method.Method subclass; "
+                          "pick a method with method=<name> (conf/method/)")
+    return cls
+
+
+def build_method(block: dict[str, Any]) -> Method:
+    """A method instance from the ``method`` block: its dataclass fields, typed and range-checked."""
+    return parse_typed(method_class(block), block, "method", ignore=("_target_",))
 
 
 def instantiate_method(cfg: DictConfig) -> Method:
-    method = instantiate(cfg.method, _convert_="all")
-    if not isinstance(method, Method):
-        raise ConfigError(f"method._target_ {cfg.method._target_!r} is not a bench.method.Method subclass")
-    return method
+    return build_method(resolve(cfg.method))
 
 
-def validate_continual(cfg: DictConfig, bench: Benchmark) -> dict[str, Any]:
-    """Check the ``continual`` block; returns the suites evaluated after each request."""
-    c = cfg.get("continual") or {}
-    n = c.get("requests", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"continual.requests must be an integer >= 1 (1 = an ordinary single run), got {n!r}")
-    people = len(bench.groups("forget"))
-    if n > people:
-        raise ConfigError(f"continual.requests={n} but the forget split has only {people} people; "
-                          f"use at most {people} requests (requests are cut by person)")
-    return {name: load_suite(name) for name in (c.get("suites") or [])} if n > 1 else {}
+def build_benchmark(block: dict[str, Any]) -> Benchmark:
+    """The benchmark from its loader (``benchmark._target_``), arguments checked against its signature."""
+    target = block.get("_target_")
+    try:
+        loader = get_method(target) if isinstance(target, str) else None
+    except Exception:  # noqa: BLE001
+        loader = None
+    if loader is None:
+        raise ConfigError(f"benchmark._target_ {target!r} is not an importable loader; pick one with benchmark=<name>")
+    kwargs = typed_kwargs(loader, block, "benchmark", ignore=("_target_",))
+    try:
+        bench = loader(**kwargs)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"benchmark: {e}") from None
+    if not isinstance(bench, Benchmark):
+        raise ConfigError(f"benchmark._target_ {target!r} returned {type(bench).__name__}, not a Benchmark")
+    return bench
 
 
-def unlearn_request(method: Method, model: torch.nn.Module, forget: list[QAItem], retain: list[QAItem], cfg: DictConfig,
-                    bench: Benchmark, tokenizer, device: torch.device,
-                    target_acc: float | None) -> tuple[torch.nn.Module, TrainResult, list[dict[str, float]], bool | None]:
-    """One unlearning call on ``forget`` with the shared context; the stopping rule watches ``forget``.
+@dataclass
+class StopRule:
+    """The fair-comparison stopping rule: stop once forget mcq_acc <= target (None: fixed steps).
 
-    Returns the unlearned model, the training result, the stopping-rule trace and whether the
-    target was reached (None in fixed-step mode).
-    """
-    trace: list[dict[str, float]] = []
+    ``rule``: auto | oracle | chance | fixed | a number as given. For ``oracle`` the target is
+    the oracle's forget mcq_acc on the items being unlearned plus the margin, known once the
+    oracle is trained (``for_items``)."""
 
-    def should_stop(model, step: int) -> bool:
-        acc = float(mcq_correct(model, tokenizer, bench, forget).mean())
-        trace.append({"step": step, "forget_mcq_acc": acc})
-        return acc <= target_acc
+    rule: str
+    margin: float
+    chance: float
+    value: float | None = None
 
-    uctx = UnlearnContext(seed=cfg.seed, device=device, max_steps=cfg.unlearn.max_steps, batch_size=cfg.unlearn.batch_size,
-                          warmup_steps=cfg.unlearn.warmup_steps, check_every=cfg.unlearn.check_every,
-                          grad_clip=cfg.unlearn.grad_clip, should_stop=should_stop if target_acc is not None else None)
-    data = UnlearnData(bench=bench, tokenizer=tokenizer, forget=forget, retain=retain)
-    torch.manual_seed(cfg.seed)
-    unlearned, result = method.unlearn(model, data, uctx)
-    reached = bool(trace and trace[-1]["forget_mcq_acc"] <= target_acc) if target_acc is not None else None
-    return unlearned, result, trace, reached
+    @classmethod
+    def from_settings(cls, u: UnlearnSettings, bench: Benchmark) -> "StopRule":
+        if u.stop_at is None:
+            return cls("fixed", u.stop_margin, bench.chance)
+        if u.stop_at == "auto":
+            return cls("auto", u.stop_margin, bench.chance, bench.chance + u.stop_margin)
+        if u.stop_at == "chance":
+            return cls("chance", u.stop_margin, bench.chance, bench.chance)
+        if u.stop_at == "oracle":
+            return cls("oracle", u.stop_margin, bench.chance)
+        return cls("value", u.stop_margin, bench.chance, float(u.stop_at))
+
+    def target_for(self, oracle_mcq: float | None) -> float | None:
+        """The target for one unlearning call; ``oracle_mcq``: the oracle's forget mcq_acc on its items."""
+        if self.rule == "oracle":
+            assert oracle_mcq is not None
+            return oracle_mcq + self.margin
+        return self.value
+
+
+@dataclass
+class Outcome:
+    """What one unlearning call (or a continual sequence) produced."""
+
+    model: torch.nn.Module
+    result: TrainResult
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    target: float | None = None
+    reached: bool | None = None
+    requests: list[dict[str, Any]] | None = None
+
+
+class Run:
+    """One run, phase by phase; every check happens in the constructor, before compute."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, method_name: str):
+        self.run_dir = Path(run_dir)
+        self.method_name = method_name
+        self.resolved = resolve(cfg)
+        self.settings = RunConfig.parse(self.resolved)
+        s = self.settings
+        self.suites = {name: load_suite(name) for name in s.suites}
+        self.method = build_method(s.method)  # checked here; every unlearning call gets a fresh instance
+        self.bench = build_benchmark(s.benchmark)
+        self.stop = StopRule.from_settings(s.unlearn, self.bench)
+        self.n_requests = s.continual.requests
+        people = len(self.bench.groups("forget"))
+        if self.n_requests > people:
+            raise ConfigError(f"continual.requests={self.n_requests} but the forget split has only {people} people; "
+                              f"use at most {people} requests (requests are cut by person)")
+        self.request_suites = ({name: load_suite(name) for name in s.continual.suites} if self.n_requests > 1 else {})
+        self.model_spec = dict(s.model)
+        check_model_block(self.model_spec)
+        validate_model_spec(self.model_spec)
+        arch = self.model_spec.get("arch") or {}
+        fresh = not (self.model_spec.get("pretrained") or self.model_spec.get("gguf"))
+        try:
+            self.method.check_plan(self.n_requests, arch.get("hidden_size") if fresh else None)
+        except ValueError as e:
+            raise ConfigError(f"method: {e}") from None
+        self.suite_settings = dict(s.suite_settings)
+        for name, suite in {**self.suites, **self.request_suites}.items():
+            if hasattr(suite, "validate"):
+                suite.validate(self.suite_settings.get(name) or {}, self.bench)
+        self.cfg_hash, self.code = config_hash(self.resolved), code_version()
+        self.rows: list[Row] = []
+        self.timings: dict[str, float] = {}
+        self.reused_stages: list[str] = []
+
+    # -- phases -------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        """Run every phase and write the record; a complete record of this config and code is returned as is."""
+        existing = read_record(self.run_dir)
+        if existing is not None and same_identity(existing, self.cfg_hash, self.code):
+            log.info("record in %s is complete for this config and code version: skipped", self.run_dir)
+            return existing
+        self.prepare()
+        if existing is not None:  # nothing moves before every check has passed
+            log.warning("record in %s has another config or code version: moved to %s", self.run_dir, move_aside(self.run_dir))
+        t0 = time.perf_counter()
+        self.load_models()
+        self.evaluate(self.oracle, stages.ORACLE)
+        self.evaluate(self.target, stages.TARGET)
+        outcome = self.unlearn()
+        self.rows += unlearn_rows(stages.UNLEARNED, outcome.result, outcome.reached, len(self.bench.split("forget")))
+        if outcome.result.diverged:
+            log.error("unlearning diverged (non-finite loss or weights) at step %d: the unlearned stage is not evaluated",
+                      outcome.result.steps)
+        else:
+            self.evaluate(outcome.model, stages.UNLEARNED)
+        self.timings["total"] = round(time.perf_counter() - t0, 3)
+        return self.write(outcome)
+
+    def prepare(self) -> None:
+        """Cheap setup that still can reject the config: threads, base-model source, tokenizer, sequence lengths."""
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        self.source = pretrained_source(self.model_spec, self.settings.cache_dir)  # a GGUF model is converted once (cached)
+        self.tokenizer = load_model_tokenizer(self.model_spec, self.source)
+        arch = self.model_spec.get("arch") or {}
+        if not self.model_spec.get("pretrained") and arch.get("max_position_embeddings"):
+            # A model built from `arch` has a known position range: check every sequence against it now.
+            check_lengths(self.tokenizer, self.bench, int(arch["max_position_embeddings"]))
+        self.device = resolve_device(self.model_spec.get("device", "auto"))
+
+    def load_models(self) -> None:
+        start = time.perf_counter()
+        s = self.settings
+        self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
+                                                     s.seed, self.source)
+        self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
+                                                     s.seed, self.source)
+        self.clock("models", start)
+        self.ctx = SuiteContext(bench=self.bench, tokenizer=self.tokenizer, oracle=self.oracle, target=self.target,
+                                settings=self.suite_settings, cache_dir=str(s.cache_dir), oracle_key=self.oracle_info["key"])
+        self.identity = (stage_identity({stages.TARGET: self.target_info["key"], stages.ORACLE: self.oracle_info["key"]},
+                                        self.bench, list(self.suites), self.suite_settings,
+                                        {"threads": torch.get_num_threads(), "device": str(self.device)})
+                         if s.reuse_stages else None)
+
+    def evaluate(self, model: torch.nn.Module, stage: str) -> None:
+        start = time.perf_counter()
+
+        def compute() -> list[Row]:
+            return [row for suite in self.suites.values() for row in suite.evaluate(model, stage, self.ctx)]
+
+        stage_rows, reused = evaluate_stage(stage, self.identity, self.settings.cache_dir, self.ctx, compute)
+        self.rows.extend(stage_rows)
+        if reused:
+            self.reused_stages.append(stage)
+        self.clock(stage, start)
+
+    def unlearn(self) -> Outcome:
+        forget, retain = self.bench.split("forget"), self.bench.split("retain")
+        model = copy.deepcopy(self.target)
+        if self.n_requests == 1:
+            start = time.perf_counter()
+            outcome = self.unlearn_request(self.method, model, forget, retain)
+            self.clock("unlearn", start)
+            return outcome
+        return self.unlearn_continual(model, split_requests(self.bench, self.n_requests), retain)
+
+    def unlearn_request(self, method: Method, model: torch.nn.Module, forget: list[QAItem],
+                        retain: list[QAItem]) -> Outcome:
+        """One unlearning call on ``forget``; the stopping rule watches ``forget`` (and records retain em)."""
+        target = self.stop.target_for(self.oracle_mcq(forget) if self.stop.rule == "oracle" else None)
+        trace: list[dict[str, Any]] = []
+        bench, tok = self.bench, self.tokenizer
+
+        def should_stop(model, step: int) -> bool:
+            acc = float(mcq_correct(model, tok, bench, forget).mean())
+            retain_em = float(score_answers(model, tok, prompts(bench, retain, "question"),
+                                            [it.answer for it in retain]).exact.mean()) if retain else float("nan")
+            trace.append({"step": step, "forget_mcq_acc": acc, "retain_em": retain_em})
+            return acc <= target
+
+        u = self.settings.unlearn
+        uctx = UnlearnContext(seed=self.settings.seed, device=self.device, max_steps=u.max_steps, batch_size=u.batch_size,
+                              warmup_steps=u.warmup_steps, check_every=u.check_every, grad_clip=u.grad_clip,
+                              should_stop=should_stop if target is not None else None)
+        torch.manual_seed(self.settings.seed)
+        unlearned, result = method.unlearn(model, UnlearnData(bench=bench, tokenizer=tok, forget=forget, retain=retain), uctx)
+        reached = None
+        if target is not None:
+            reached = bool(trace and trace[-1]["forget_mcq_acc"] <= target and not result.diverged)
+        return Outcome(unlearned, result, trace, target, reached)
+
+    def oracle_mcq(self, items: list[QAItem]) -> float:
+        """The oracle's forget mcq_acc on ``items`` (the ``oracle`` stopping target)."""
+        return float(mcq_correct(self.oracle, self.tokenizer, self.bench, items).mean())
+
+    def unlearn_continual(self, model: torch.nn.Module, requests: list[list[QAItem]], retain: list[QAItem]) -> Outcome:
+        """Continual unlearning: request i unlearns its people from request i−1's model.
+
+        A fresh method instance per request (a method keeps its state on the model, as MRP's frozen
+        directions do). After request i: ``unlearn`` rows and the evaluation of stage ``request/<i>``.
+        A diverged request ends the sequence."""
+        total = TrainResult(steps=0)
+        trace: list[dict[str, Any]] = []
+        log_: list[dict[str, Any]] = []
+        reached_all: bool | None = None if self.stop.rule == "fixed" else True
+        done: list[list[QAItem]] = []
+        for i, forget in enumerate(requests, 1):
+            start = time.perf_counter()
+            out = self.unlearn_request(build_method(self.settings.method), model, forget, retain)
+            model = out.model
+            self.clock(f"unlearn/request{i}", start)
+            done.append(forget)
+            total.steps += out.result.steps
+            total.losses += out.result.losses
+            total.wall_s += out.result.wall_s
+            total.diverged |= out.result.diverged
+            total.stopped_by_check = out.result.stopped_by_check
+            trace += [{"request": i, **t} for t in out.trace]
+            if reached_all is not None:
+                reached_all = reached_all and bool(out.reached)
+            stage = stages.request_stage(i)
+            self.rows.extend(unlearn_rows(stage, out.result, out.reached, len(forget)))
+            log_.append({"request": i, "groups": list(dict.fromkeys(it.group for it in forget)), "n_items": len(forget),
+                         "steps": out.result.steps, "wall_s": round(out.result.wall_s, 3), "diverged": out.result.diverged,
+                         "stop_target": out.target, "reached_target": out.reached})
+            if out.result.diverged:
+                log.error("request %d diverged at step %d: later requests are not run", i, out.result.steps)
+                break
+            start = time.perf_counter()
+            for suite in self.request_suites.values():
+                self.rows.extend(suite.evaluate(model, stage, self.ctx))
+            self.rows.extend(continual_rows(model, stage, done, self.ctx))
+            self.clock(stage, start)
+        targets = [r["stop_target"] for r in log_]
+        return Outcome(model, total, trace, targets[0] if len(set(targets)) == 1 else None, reached_all, log_)
+
+    def write(self, outcome: Outcome) -> dict[str, Any]:
+        result = outcome.result
+        record = {
+            "status": "diverged" if result.diverged else "complete",
+            "method": self.method_name,
+            "config_hash": self.cfg_hash,
+            "code_version": self.code,
+            "config": self.resolved,
+            "provenance": {**provenance(self.settings.seed, str(self.device)), "wall_s": self.timings,
+                           "models": {stages.TARGET: self.target_info, stages.ORACLE: self.oracle_info},
+                           "reused_stages": self.reused_stages},
+            "unlearn": {"steps": result.steps, "diverged": result.diverged, "stop_rule": self.stop.rule,
+                        "stop_target": outcome.target, "reached_target": outcome.reached, "final_loss": result.final_loss,
+                        "stop_trace": outcome.trace, "losses": result.losses,
+                        **({"requests": outcome.requests} if outcome.requests is not None else {})},
+            "rows": [r.as_dict() for r in self.rows],
+        }
+        path = write_record(self.run_dir, record, self.ctx.examples)
+        log.info("record written: %s", path)
+        return record
+
+    def clock(self, name: str, start: float) -> None:
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        log.info("stage %-10s done in %6.1fs", name, self.timings[name])
 
 
 def unlearn_rows(stage: str, result: TrainResult, reached: bool | None, n: int) -> list[Row]:
@@ -118,172 +361,18 @@ def unlearn_rows(stage: str, result: TrainResult, reached: bool | None, n: int) 
     return rows
 
 
-def run_requests(cfg: DictConfig, requests: list[list[QAItem]], retain: list[QAItem], model: torch.nn.Module,
-                 bench: Benchmark, tokenizer, device: torch.device, target_acc: float | None, rows: list[Row],
-                 evaluate_request: Callable[[torch.nn.Module, str, list[list[QAItem]]], None],
-                 stage_clock: Callable[[str, float], None]):
-    """Continual unlearning: request i unlearns its people from request i−1's model.
-
-    A fresh method instance per request (a method keeps its state on the model, as MRP's frozen
-    directions do). After request i: ``unlearn`` rows and the evaluation of stage ``request/<i>``.
-    A diverged request ends the sequence. Returns the final model, the summed TrainResult, the
-    concatenated stopping trace (with a ``request`` field), whether every request reached the
-    target, and a per-request log for the record.
-    """
-    total = TrainResult(steps=0)
-    trace: list[dict[str, float]] = []
-    log_: list[dict[str, Any]] = []
-    reached_all: bool | None = None if target_acc is None else True
-    done: list[list[QAItem]] = []
-    for i, forget in enumerate(requests, 1):
-        start = time.perf_counter()
-        model, result, tr, reached = unlearn_request(instantiate_method(cfg), model, forget, retain, cfg, bench,
-                                                     tokenizer, device, target_acc)
-        stage_clock(f"unlearn/request{i}", start)
-        done.append(forget)
-        total.steps += result.steps
-        total.losses += result.losses
-        total.wall_s += result.wall_s
-        total.diverged |= result.diverged
-        total.stopped_by_check = result.stopped_by_check
-        trace += [{"request": i, **t} for t in tr]
-        if reached_all is not None:
-            reached_all = reached_all and bool(reached)
-        stage = f"request/{i}"
-        rows.extend(unlearn_rows(stage, result, reached, len(forget)))
-        log_.append({"request": i, "groups": list(dict.fromkeys(it.group for it in forget)), "n_items": len(forget),
-                     "steps": result.steps, "wall_s": round(result.wall_s, 3), "diverged": result.diverged,
-                     "reached_target": reached})
-        if result.diverged:
-            log.error("request %d diverged at step %d: later requests are not run", i, result.steps)
-            break
-        evaluate_request(model, stage, done)
-    return model, total, trace, reached_all, log_
-
-
 def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any]:
     """Execute one run into ``run_dir`` and return its record (or the existing one if complete)."""
-    run_dir = Path(run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    cfg_hash, version = config_hash(resolved), code_version()
-    existing = read_record(run_dir)
-    if existing is not None:
-        if same_identity(existing, cfg_hash, version):
-            log.info("record in %s is complete for this config and code version: skipped", run_dir)
-            return existing
-        log.warning("record in %s has another config or code version: moved to %s", run_dir, move_aside(run_dir))
-
-    # -- checks before compute -----------------------------------------------------------
-    suites = {name: load_suite(name) for name in cfg.suites}
-    validate_unlearn(cfg)
-    method = instantiate_method(cfg)
-    bench: Benchmark = instantiate(cfg.benchmark, _convert_="all")
-    target_acc = stop_target(cfg, bench)
-    request_suites = validate_continual(cfg, bench)
-    n_requests = int((cfg.get("continual") or {}).get("requests", 1))
-    method.check_plan(n_requests, (cfg.model.get("arch") or {}).get("hidden_size") if not cfg.model.get("pretrained") else None)
-    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
-    validate_model_spec(model_spec)
-    settings = OmegaConf.to_container(cfg.suite_settings, resolve=True) or {}
-    for name, suite in suites.items():  # a suite may check its settings against the benchmark
-        if hasattr(suite, "validate"):
-            suite.validate(settings.get(name) or {}, bench)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    source = pretrained_source(model_spec, cfg.cache_dir)  # a GGUF model is converted here, once (cached)
-    tokenizer = load_model_tokenizer(model_spec, source)
-    if not model_spec.get("pretrained") and (model_spec.get("arch") or {}).get("max_position_embeddings"):
-        # A model built from `arch` has a known position range: check every sequence against it now.
-        # (A pretrained model's range lives in its own config; it is not checked here.)
-        check_lengths(tokenizer, bench, int(model_spec["arch"]["max_position_embeddings"]))
-    device = resolve_device(model_spec.get("device", "auto"))
-    prov = provenance(cfg.seed, str(device))
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def stage_clock(name: str, start: float) -> None:
-        timings[name] = round(time.perf_counter() - start, 3)
-        log.info("stage %-10s done in %6.1fs", name, timings[name])
-
-    # -- models ---------------------------------------------------------------------------
-    start = time.perf_counter()
-    target, target_info = obtain_model("target", model_spec, bench, tokenizer, cfg.cache_dir, cfg.seed, source)
-    oracle, oracle_info = obtain_model("oracle", model_spec, bench, tokenizer, cfg.cache_dir, cfg.seed, source)
-    stage_clock("models", start)
-
-    ctx = SuiteContext(bench=bench, tokenizer=tokenizer, oracle=oracle, target=target, settings=settings,
-                       cache_dir=str(cfg.cache_dir), oracle_key=oracle_info["key"])
-    rows: list[Row] = []
-
-    identity = (stage_identity({"target": target_info["key"], "oracle": oracle_info["key"]}, bench, list(suites), settings,
-                               {"threads": torch.get_num_threads(), "device": str(device)})
-                if cfg.get("reuse_stages", True) else None)
-    reused_stages: list[str] = []
-
-    def evaluate(model, stage: str) -> None:
-        start = time.perf_counter()
-
-        def compute() -> list[Row]:
-            return [row for suite in suites.values() for row in suite.evaluate(model, stage, ctx)]
-
-        stage_rows, reused = evaluate_stage(stage, identity, cfg.cache_dir, ctx, compute)
-        rows.extend(stage_rows)
-        if reused:
-            reused_stages.append(stage)
-        stage_clock(stage, start)
-
-    evaluate(oracle, "oracle")
-    evaluate(target, "target")
-
-    # -- unlearning -----------------------------------------------------------------------
-    forget_items = bench.split("forget")
-    retain_items = bench.split("retain")
-    if n_requests == 1:
-        start = time.perf_counter()
-        unlearned, result, trace, reached = unlearn_request(method, copy.deepcopy(target), forget_items, retain_items,
-                                                            cfg, bench, tokenizer, device, target_acc)
-        stage_clock("unlearn", start)
-        requests_log = None
-    else:
-        def evaluate_request(model, stage: str, done: list[list[QAItem]]) -> None:
-            start = time.perf_counter()
-            for suite in request_suites.values():
-                rows.extend(suite.evaluate(model, stage, ctx))
-            rows.extend(continual_rows(model, stage, done, ctx))
-            stage_clock(stage, start)
-
-        unlearned, result, trace, reached, requests_log = run_requests(
-            cfg, split_requests(bench, n_requests), retain_items, copy.deepcopy(target), bench, tokenizer, device,
-            target_acc, rows, evaluate_request, stage_clock)
-    rows += unlearn_rows("unlearned", result, reached, len(forget_items))
-    if result.diverged:
-        log.error("unlearning diverged (non-finite loss) at step %d: the unlearned stage is not evaluated", result.steps)
-    else:
-        evaluate(unlearned, "unlearned")
-
-    timings["total"] = round(time.perf_counter() - t0, 3)
-    record = {
-        "status": "diverged" if result.diverged else "complete",
-        "method": method_name,
-        "config_hash": cfg_hash,
-        "code_version": version,
-        "config": resolved,
-        "provenance": {**prov, "wall_s": timings,
-                       "models": {"target": target_info, "oracle": oracle_info}, "reused_stages": reused_stages},
-        "unlearn": {"steps": result.steps, "diverged": result.diverged, "stop_target": target_acc,
-                    "reached_target": reached, "final_loss": result.final_loss, "stop_trace": trace,
-                    "losses": result.losses, **({"requests": requests_log} if requests_log is not None else {})},
-        "rows": [r.as_dict() for r in rows],
-    }
-    path = write_record(run_dir, record, ctx.examples)
-    log.info("record written: %s", path)
-    return record
+    return Run(cfg, run_dir, method_name).execute()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    record = run(cfg, hc.runtime.output_dir, hc.runtime.choices.get("method", "?"))
+    try:
+        record = run(cfg, hc.runtime.output_dir, hc.runtime.choices.get("method", "?"))
+    except UserError as err:
+        exit_with(err, "bench.run")
     from bench.report import summary_table
 
     print(summary_table(record))

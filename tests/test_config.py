@@ -8,7 +8,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from bench.benchmark import Benchmark, BenchmarkError
-from bench.run import ConfigError, instantiate_method, run, stop_target, validate_unlearn
+from bench.errors import ConfigError
+from bench.run import StopRule, instantiate_method, resolve, run
+from bench.run_config import RunConfig
 from bench.world import synthetic_world
 from tests.conftest import ROOT, compose_config
 
@@ -57,16 +59,22 @@ def test_unknown_suite_message_lists_suites(tmp_path):
         run(cfg, tmp_path / "run", "ga")
 
 
-def test_stop_target():
-    cfg = compose_config()
+def _stop(*overrides: str) -> StopRule:
     bench = synthetic_world(n_people=10, forget_fraction=0.2)
-    assert stop_target(cfg, bench) == pytest.approx(0.25 + 0.05)
-    assert stop_target(compose_config("unlearn.stop_at=null"), bench) is None
-    assert stop_target(compose_config("unlearn.stop_at=0.4"), bench) == 0.4
+    return StopRule.from_settings(RunConfig.parse(resolve(compose_config(*overrides))).unlearn, bench)
+
+
+def test_stop_target():
+    assert _stop().target_for(None) == pytest.approx(0.25 + 0.05)
+    assert _stop("unlearn.stop_at=null").target_for(None) is None
+    assert _stop("unlearn.stop_at=0.4").target_for(None) == 0.4
+    assert _stop("unlearn.stop_at=chance").target_for(None) == 0.25
+    assert _stop("unlearn.stop_at=oracle").target_for(0.375) == pytest.approx(0.375 + 0.05)
+    assert _stop("unlearn.stop_at=oracle", "unlearn.stop_margin=0").target_for(0.375) == 0.375
     with pytest.raises(ConfigError, match="unlearn.stop_at"):
-        stop_target(compose_config("unlearn.stop_at=often"), bench)
+        _stop("unlearn.stop_at=often")
     with pytest.raises(ConfigError, match="check_every"):
-        validate_unlearn(compose_config("unlearn.check_every=0"))
+        _stop("unlearn.check_every=0")
 
 
 def test_benchmark_file_that_does_not_parse(tmp_path):

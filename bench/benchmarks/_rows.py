@@ -47,7 +47,13 @@ def load_rows(path: str | None, name: str | None, split: str, data_dir: str | No
     if not path:
         raise BenchmarkError(f"no hub dataset and no data_dir for '{stem}': set benchmark.data_dir to a folder "
                              f"holding {stem}.json")
-    ds = datasets.load_dataset(path, name, split=split)
+    try:
+        ds = datasets.load_dataset(path, name, split=split)
+    except (OSError, ConnectionError, ValueError) as e:  # offline and not cached, a missing config, no network
+        offline = " (HF_DATASETS_OFFLINE=1 is set)" if datasets.config.HF_DATASETS_OFFLINE else ""
+        raise BenchmarkError(f"could not load hub dataset {path!r} config {name!r}{offline}: {type(e).__name__}; "
+                             f"download its files on a connected machine and set benchmark.data_dir to the folder "
+                             f"holding {stem}.json (same schema as the hub dataset)") from None
     return Rows(_plain_rows(ds), f"hub:{path}/{name or ''}:{split}")
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from bench.benchmark import Benchmark
+from bench.errors import ConfigError
 
 
 @dataclass
@@ -67,6 +68,6 @@ def available_suites() -> list[str]:
 def load_suite(name: str):
     """The suite module ``bench.suites.<name>``; an unknown name lists the available ones."""
     if name not in available_suites():
-        raise ValueError(f"unknown suite {name!r}; available suites: {available_suites()}. "
+        raise ConfigError(f"unknown suite {name!r}; available suites: {available_suites()}. "
                          "Select them with suites=[knowledge,privacy].")
     return importlib.import_module(f"{__name__}.{name}")
