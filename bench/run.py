@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from transformers import AutoConfig
 
 from bench import stages
 from bench.benchmark import Benchmark, QAItem
@@ -36,7 +38,7 @@ from bench.continual import continual_rows, split_requests
 from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, UnlearnContext, UnlearnData
-from bench.models import obtain_model, pretrained_source, resolve_device, validate_model_spec
+from bench.models import ModelConfigError, obtain_model, pretrained_source, resolve_device, validate_model_spec
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block, parse_typed, typed_kwargs
 from bench.scoring import score_answers
@@ -212,7 +214,18 @@ class Run:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         self.source = pretrained_source(self.model_spec, self.settings.cache_dir)  # a GGUF model is converted once (cached)
-        self.tokenizer = load_model_tokenizer(self.model_spec, self.source)
+        try:
+            self.tokenizer = load_model_tokenizer(self.model_spec, self.source)
+            if self.source and not Path(self.source).is_dir():  # a hub name: its config must be reachable too
+                AutoConfig.from_pretrained(self.source, revision=self.model_spec.get("revision"),
+                                           trust_remote_code=bool(self.model_spec.get("trust_remote_code", False)))
+        except OSError as e:
+            name = self.model_spec.get("tokenizer") or self.source
+            key = "model.tokenizer" if self.model_spec.get("tokenizer") else "model.pretrained"
+            offline = " with HF_HUB_OFFLINE=1" if huggingface_hub.constants.HF_HUB_OFFLINE else ""
+            raise ModelConfigError(f"{key}={name!r} could not be loaded{offline}: not a local folder and not in the hub "
+                                   f"cache ({type(e).__name__}); set {key} to a local folder saved with save_pretrained, "
+                                   "or download it on a connected machine first") from None
         arch = self.model_spec.get("arch") or {}
         if not self.model_spec.get("pretrained") and arch.get("max_position_embeddings"):
             # A model built from `arch` has a known position range: check every sequence against it now.

@@ -252,8 +252,8 @@ def check_model_block(spec: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.arch.hidden_size={d} is not a multiple of num_attention_heads={heads}; "
                           f"use a hidden_size divisible by {heads}")
     if (d // heads) % 2:
-        raise ConfigError(f"model.arch: head size hidden_size/num_attention_heads = {d // heads} is odd (rotary "
-                          "embeddings rotate pairs of dimensions); use an even head size")
+        raise ConfigError(f"model.arch.hidden_size={d}: head size hidden_size/num_attention_heads = {d // heads} is odd "
+                          "(rotary embeddings rotate pairs of dimensions); use an even head size")
     if heads % kv:
         raise ConfigError(f"model.arch.num_key_value_heads={kv} does not divide num_attention_heads={heads}; "
                           f"use a divisor of {heads} (e.g. {heads})")

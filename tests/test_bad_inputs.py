@@ -1,0 +1,112 @@
+"""Bad inputs a new user types: one clear line naming the key and the fix, before any compute,
+with nothing on disk moved. In-process for the checks themselves; a few CLI runs for the error
+path (exit status 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.errors import UserError
+from bench.record import RECORD
+from bench.run import run
+from tests.conftest import ROOT, compose_config
+
+# (override(s), words the message must contain: the key and the fix or the options)
+BAD = [
+    (["+metod=npo"], ["'metod'", "did you mean 'method'"]),
+    (["+unlearn.max_step=10"], ["unlearn.max_step", "did you mean 'max_steps'"]),
+    (["+suite_settingz.knowledge.batch_size=2"], ["suite_settingz", "did you mean 'suite_settings'"]),
+    (["seed=abc"], ["seed", "integer"]),
+    (["threads=auto"], ["threads", "integer or null"]),
+    (["threads=0"], ["threads", ">= 1"]),
+    (["method.lr=abc"], ["method.lr", "number"]),
+    (["method.lr=-1"], ["lr must be positive"]),
+    (["+method.alpah=1", "method=graddiff"], ["method.alpah", "did you mean 'alpha'"]),
+    (["method=npo", "method.beta=0"], ["beta must be positive"]),
+    (["method=mrp", "method.k=40"], ["method.k <="]),
+    (["unlearn.max_steps=0"], ["unlearn.max_steps", ">= 1"]),
+    (["unlearn.stop_at=often"], ["unlearn.stop_at", "'oracle'"]),
+    (["unlearn.stop_at=2"], ["unlearn.stop_at", "[0, 1]"]),
+    (["unlearn.stop_margin=1.5"], ["unlearn.stop_margin"]),
+    (["unlearn.grad_clip=0"], ["unlearn.grad_clip"]),
+    (["continual.requests=x"], ["continual.requests", "integer"]),
+    (["continual.requests=99"], ["continual.requests=99", "at most"]),
+    (["suites=[knowledge,nosuch]"], ["nosuch", "available suites"]),
+    (["suites=[]"], ["suites", "at least one"]),
+    (["benchmark.forget_fraction=0"], ["forget"]),
+    (["+benchmark.n_peple=5"], ["benchmark.n_peple", "did you mean 'n_people'"]),
+    (["benchmark.n_people=abc"], ["benchmark.n_people", "integer"]),
+    (["model.arch.num_key_value_heads=3"], ["model.arch.num_key_value_heads=3", "divisor"]),
+    (["model.arch.hidden_size=130"], ["model.arch.hidden_size=130", "head size"]),
+    (["model.arch.hidden_size=33"], ["model.arch.hidden_size=33", "multiple"]),
+    (["+model.arch.hiden_size=64"], ["model.arch.hiden_size", "did you mean 'hidden_size'"]),
+    (["model.inject.lr=0"], ["model.inject", "lr"]),
+    (["+model.injet.lr=1"], ["model.injet", "did you mean 'inject'"]),
+    (["model.dtype=float33"], ["model.dtype"]),
+    (["model=hf"], ["model.pretrained"]),
+    (["model=hf", "model.pretrained=nosuch-org/nosuch-model"], ["model.pretrained='nosuch-org/nosuch-model'", "local folder"]),
+    (["benchmark=tofu"], ["benchmark.data_dir"]),
+    (["benchmark=file", "benchmark.path=/nonexistent/world.json"], ["/nonexistent/world.json"]),
+]
+
+
+def _ids(case):
+    return " ".join(case[0])
+
+
+@pytest.mark.parametrize("overrides,needles", BAD, ids=[_ids(c) for c in BAD])
+def test_bad_input_fails_before_compute_naming_the_key(tmp_path, overrides, needles):
+    micro = not any(o.startswith(("benchmark=", "model=")) for o in overrides)
+    cfg = compose_config(*overrides, f"cache_dir={tmp_path / 'cache'}", micro=micro)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / RECORD).write_text(json.dumps({"config_hash": "other", "code_version": "other", "rows": []}))
+    with pytest.raises(UserError) as info:
+        run(cfg, run_dir, "ga")
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, (overrides, message)
+    assert not (tmp_path / "cache" / "models").exists(), "a model was trained before the check"
+    assert (run_dir / RECORD).exists() and not (run_dir / "superseded").exists(), "a record was moved"
+
+
+def _cli(*args: str, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "bench.run", *args, "+experiment=micro", f"hydra.run.dir={tmp_path / 'run'}",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={tmp_path / 'cache'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    proc = _cli("method.lr=abc", tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors == ["bench.run: error: method.lr must be a number (e.g. 1e-4), got 'abc'"]
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_cli_sweep_with_a_bad_value_moves_no_finished_record(tmp_path):
+    # A finished sweep folder: a rerun with threads=auto must fail before touching it.
+    job = tmp_path / "sweep" / "+experiment=micro,method=ga"
+    job.mkdir(parents=True)
+    (job / RECORD).write_text(json.dumps({"config_hash": "x", "code_version": "y", "rows": []}))
+    proc = _cli("-m", "method=ga", "threads=auto", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert "threads must be an integer or null" in proc.stderr
+    assert (job / RECORD).exists() and not (job / "superseded").exists()
+
+
+def test_cli_full_traceback_on_request(tmp_path):
+    env_proc = subprocess.run([sys.executable, "-m", "bench.run", "+experiment=micro", "seed=abc",
+                               f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "HYDRA_FULL_ERROR": "1", "HF_HUB_OFFLINE": "1"})
+    assert env_proc.returncode != 0
+    assert "Traceback" in env_proc.stderr and "ConfigError" in env_proc.stderr
