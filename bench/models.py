@@ -3,19 +3,17 @@
 The target learns every trained split (forget, retain, general facts and text); the oracle
 learns all of it but the forget split. Both start from the same base: a tiny Llama built from
 ``model.arch`` or a pretrained causal LM loaded by name or path (``model.pretrained``), the same
-code path either way. A trained model is cached under a hash of everything that shapes it
-(benchmark content, tokenizer, model spec, injection settings, seed, the source of the modules
-that train it, library versions); a file lock makes concurrent runs train it once.
+code path either way. A trained model is cached under a hash of everything that shapes it (the
+token ids it was trained on, model spec, injection settings, seed, base model, the source of the
+modules that train it, library versions); ``bench.disk_cache.directory`` makes concurrent runs
+train it once and removes what a killed run left.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,10 +21,11 @@ from typing import Any
 
 import torch
 import transformers
-from filelock import FileLock
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from bench import disk_cache
 from bench.benchmark import Benchmark
+from bench.disk_cache import digest
 from bench.data import BatchStream, encode_text, pad_id, qa_examples
 from bench.errors import UserError
 from bench.scoring import mean_nll
@@ -119,35 +118,31 @@ def pretrained_source(spec: dict[str, Any], cache_dir: str | Path) -> str | None
 
     Why convert: loading a GGUF file dequantises every tensor (slow, and transformers re-reads the
     file for the tokenizer); a saved folder loads like any local model, on every later run.
-    The folder is keyed by the GGUF file (name, size) and the transformers version, written to a
-    temporary name and renamed, under a file lock (parallel sweep jobs convert once).
+    The folder is keyed by the GGUF file (name, size) and the transformers version and built once
+    by ``bench.disk_cache.directory`` (locked, temporary folder renamed; parallel jobs convert once).
     """
     if not spec.get("gguf"):
         return spec.get("pretrained")
     src = gguf_path(spec["gguf"])
-    ident = json.dumps({"file": src.name, "size": src.stat().st_size, "transformers": transformers.__version__})
-    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    root = Path(cache_dir) / "pretrained"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{src.stem}-{key}"
-    with FileLock(str(root / f"{src.stem}-{key}.lock")):
-        if (final / "config.json").exists():
-            return str(final.resolve())
+    ident = {"file": src.name, "size": src.stat().st_size, "transformers": transformers.__version__}
+
+    def convert(tmp: Path) -> None:
         from transformers import AutoTokenizer
 
         start = time.perf_counter()
-        tmp = root / f".tmp-{src.stem}-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         # float32 on disk: the GGUF tensors are dequantised anyway; model.dtype casts at load time.
         model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
         _drop_gguf_quantizer(model, src)
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "source.json").write_text(ident)
-        os.replace(tmp, final)
-        log.info("converted %s to %s in %.1fs", src, final, time.perf_counter() - start)
-        return str(final.resolve())
+        (tmp / "source.json").write_text(json.dumps(ident))
+        log.info("converted %s in %.1fs", src, time.perf_counter() - start)
+
+    # config.json marks a complete folder (as it did before the shared helper: converted folders are kept).
+    final, _ = disk_cache.directory(Path(cache_dir) / "pretrained" / f"{src.stem}-{digest(ident, 16)}", convert,
+                                    marker="config.json")
+    return str(final.resolve())
 
 
 def build_base_model(spec: dict[str, Any], tokenizer, seed: int, source: str | None = None) -> torch.nn.Module:
@@ -202,16 +197,23 @@ def inject_knowledge(model, bench: Benchmark, tokenizer, role: str, cfg: TrainCo
 @functools.cache  # once per process: the code loaded, not files edited since
 def _source_digest() -> str:
     here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in _SHAPING_SOURCES:
-        h.update((here / name).read_bytes())
-    return h.hexdigest()
+    return digest([(name, (here / name).read_text()) for name in _SHAPING_SOURCES], 64)
+
+
+def examples_digest(examples: list[tuple[list[int], list[int]]]) -> str:
+    """Digest of the token ids (inputs and labels) a model is trained on, in their order."""
+    return digest(examples, 64)
 
 
 def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inject: TrainConfig, seed: int,
               source: str | None = None) -> str:
     """Hash of everything that shapes a trained model: change any of it and the cache misses.
 
+    The data is keyed by what the model saw: the token ids of its injection examples, encoded
+    through the benchmark's prompt formatting (``Benchmark.prompt`` code included, not just its
+    template string) and the tokenizer; plus the tokenizer's ids that shape the model itself
+    (vocabulary size, special tokens). A change that does not reach the injection data (an
+    untrained split, an evaluation setting) keeps the model.
     ``source``: the base model's folder or name when it differs from ``model.pretrained`` (a
     converted GGUF folder, whose name carries the hash of the GGUF file).
     """
@@ -221,20 +223,16 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
         **({"base": Path(source).name} if source and source != spec.get("pretrained") else {}),
         "inject": asdict(inject),
         "seed": seed,
-        "benchmark": hashlib.sha256(json.dumps(bench_content(bench), sort_keys=True).encode()).hexdigest(),
-        "tokenizer": hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest(),
+        "examples": examples_digest(injection_examples(bench, tokenizer, role)),
+        "tokens": {"vocab": len(tokenizer), "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+                   "pad": pad_id(tokenizer)},
+        # The token ids fix what the model saw, not how it was trained on them: the batch order and
+        # padding (data.py), the loss (scoring.py), the loop, optimiser and schedule (train.py) and
+        # the base model's construction (models.py) are code, so their source is keyed too.
         "source": _source_digest(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def bench_content(bench: Benchmark) -> dict[str, Any]:
-    content = {"items": [asdict(it) for it in bench.items], "general_text": bench.general_text,
-               "prompt_template": bench.prompt_template}
-    if bench.forget_text:  # only benchmarks with a forget corpus carry the key
-        content["forget_text"] = bench.forget_text
-    return content
+    return digest(payload, 20)
 
 
 def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, cache_dir: str | Path, seed: int,
@@ -249,26 +247,27 @@ def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, c
         raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
     inject = TrainConfig(**{**dict(spec["inject"]), "seed": seed})
     key = cache_key(role, spec, bench, tokenizer, inject, seed, source)
-    root = Path(cache_dir) / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{role}-{key}"
     device = resolve_device(spec.get("device", "auto"))
     dtype = getattr(torch, spec.get("dtype", "float32"))
-    with FileLock(str(root / f"{role}-{key}.lock")):
-        if (final / "meta.json").exists():
-            meta = json.loads((final / "meta.json").read_text())
-            model = AutoModelForCausalLM.from_pretrained(final / "model", dtype=dtype).to(device).eval()
-            log.info("%s model: reused cache %s (trained %.1fs, %d steps)", role, final, meta["inject"]["wall_s"], meta["inject"]["steps"])
-            return model, {"key": key, "path": str(final), "reused": True, **meta}
+    built: dict[str, Any] = {}
+
+    def train(tmp: Path) -> None:
         start = time.perf_counter()
         model = build_base_model(spec, tokenizer, seed, source).to(device)
         summary = inject_knowledge(model, bench, tokenizer, role, inject) if inject.max_steps > 0 else {"steps": 0, "wall_s": 0.0}
-        tmp = root / f".tmp-{role}-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp / "model")
         meta = {"role": role, "inject": summary, "build_s": time.perf_counter() - start}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, final)
-        log.info("%s model: trained in %.1fs (%d steps, final loss %.4f), cached at %s",
-                 role, meta["build_s"], summary["steps"], summary.get("final_loss", float("nan")), final)
-        return model.eval(), {"key": key, "path": str(final), "reused": False, **meta}
+        built.update(model=model, meta=meta)
+
+    # meta.json, written last, marks a complete folder (as before the shared helper).
+    final, reused = disk_cache.directory(Path(cache_dir) / "models" / f"{role}-{key}", train, marker="meta.json")
+    if reused:
+        meta = json.loads((final / "meta.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(final / "model", dtype=dtype).to(device).eval()
+        log.info("%s model: reused cache %s (trained %.1fs, %d steps)", role, final, meta["inject"]["wall_s"], meta["inject"]["steps"])
+        return model, {"key": key, "path": str(final), "reused": True, **meta}
+    meta, summary = built["meta"], built["meta"]["inject"]
+    log.info("%s model: trained in %.1fs (%d steps, final loss %.4f), cached at %s",
+             role, meta["build_s"], summary["steps"], summary.get("final_loss", float("nan")), final)
+    return built["model"].eval(), {"key": key, "path": str(final), "reused": False, **meta}

@@ -5,6 +5,11 @@ first and the record last, so a directory with ``record.json`` holds a finished 
 killed mid-way leaves none. A record is identified by the hash of its resolved config and the
 code version; a rerun with the same identity skips, a changed one moves the old record aside
 (never overwrites it silently).
+
+Records are strict JSON: a non-finite number (a diverged loss, an undefined metric) is written as
+``null`` and read back as NaN where the record holds numbers (row values, losses). A file that
+is not a record raises ``RecordError`` naming it. Temporary files carry their writer's host and
+pid; the next write into the folder removes those whose process is gone (a killed run's).
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import math
 import os
 import platform
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,8 +31,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
+from bench.disk_cache import digest
+from bench.errors import UserError
+
+log = logging.getLogger(__name__)
 RECORD = "record.json"
 EXAMPLES = "examples.jsonl"
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +45,15 @@ _PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "lm_eval", "peft
              "rouge-score")
 
 
+REQUIRED_KEYS = ("config", "config_hash", "code_version", "rows")
+
+
+class RecordError(UserError):
+    """A ``record.json`` that is not a valid record; the message names the file and the fix."""
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(config, 16)
 
 
 @functools.cache
@@ -87,8 +108,57 @@ def provenance(seed: int, device: str) -> dict[str, Any]:
     }
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively (JSON has no NaN)."""
+    if isinstance(obj, (float, np.floating)):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON: non-finite floats as null; anything else that is not JSON fails loudly."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_orphan_temps(run_dir: Path) -> list[Path]:
+    """Remove this host's temporaries in ``run_dir`` whose writing process is gone (a killed run's).
+
+    A temporary of a live process (a concurrent writer) or of another host (a shared file system,
+    where a pid means nothing here) is kept.
+    """
+    pattern = re.compile(rf"\.(?:{re.escape(RECORD)}|{re.escape(EXAMPLES)})\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\..*\.tmp")
+    removed = []
+    for p in run_dir.glob(".*.tmp"):
+        m = pattern.fullmatch(p.name)
+        if m and m["host"] == _host() and not _pid_alive(int(m["pid"])):
+            log.warning("removing %s, left by a killed run", p)
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -103,16 +173,46 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_record(run_dir: str | Path, record: dict[str, Any], examples: Iterable[dict[str, Any]]) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / EXAMPLES, "".join(json.dumps(e) + "\n" for e in examples))
-    _atomic_write(run_dir / RECORD, json.dumps(record, indent=1, default=str))
+    remove_orphan_temps(run_dir)
+    _atomic_write(run_dir / EXAMPLES, "".join(to_json(e) + "\n" for e in examples))
+    _atomic_write(run_dir / RECORD, to_json(record, indent=1, default=str))
     return run_dir / RECORD
 
 
+def _nan(value: Any) -> Any:
+    return float("nan") if value is None else value
+
+
 def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The record in ``run_dir`` (None if there is none); nulls in numeric fields read back as NaN.
+
+    Raises ``RecordError`` when the file is not a valid unlearn-bench record.
+    """
     path = Path(run_dir) / RECORD
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    fix = "move it away or delete it, then rerun"
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordError(f"{path} is not a valid unlearn-bench record ({err}); {fix}") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path} is not a valid unlearn-bench record (a JSON {type(record).__name__}, "
+                          f"not an object); {fix}")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing or not isinstance(record["rows"], list) or not all(isinstance(r, dict) for r in record["rows"]):
+        what = f"missing keys {missing}" if missing else "rows is not a list of objects"
+        raise RecordError(f"{path} is not a valid unlearn-bench record ({what}); {fix}")
+    for row in record["rows"]:
+        if "value" in row:
+            row["value"] = _nan(row["value"])
+    unlearn = record.get("unlearn")
+    if isinstance(unlearn, dict):
+        if "final_loss" in unlearn:
+            unlearn["final_loss"] = _nan(unlearn["final_loss"])
+        if isinstance(unlearn.get("losses"), list):
+            unlearn["losses"] = [_nan(v) for v in unlearn["losses"]]
+    return record
 
 
 def same_identity(record: dict[str, Any], cfg_hash: str, version: str) -> bool:

@@ -2,12 +2,17 @@
 
 Kept in one visible function (nanoGPT style). A caller supplies the loss on a batch and,
 optionally, a check that runs at chosen steps and may stop training (the stopping rule of the
-fair comparison, or an attack's evaluation schedule). A non-finite loss stops training and is
-reported as ``diverged`` with the step it reached; it never raises.
+fair comparison, or an attack's evaluation schedule). A broken model stops training and is
+reported as ``diverged`` with the step it reached; it never raises. Broken means any of: a
+non-finite loss (tested before each update), non-finite trained weights (tested before every
+check call and at the end of training, so a check never scores a NaN model: forced-choice mcq
+would call it perfectly unlearned, ties counting wrong), or a check that saw non-finite model
+outputs (the model's logits are watched while a check runs; a check may also raise ``Diverged``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +20,8 @@ from typing import Callable, Iterable, Literal
 
 import torch
 from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +69,32 @@ class TrainConfig:
             span = max(1, self.max_steps - self.warmup_steps)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup_steps) / span)))
         return 1.0
+
+
+class Diverged(Exception):
+    """Raised by a check (or the output watch) that saw a broken model; ``train_loop`` records it."""
+
+
+def nonfinite_weights(params: Iterable[torch.Tensor]) -> bool:
+    """Whether any of ``params`` holds a NaN or inf (one fused norm per tensor; exact fallback).
+
+    A norm is inf also for huge finite weights (its square overflows), so only then is every
+    element looked at.
+    """
+    params = [p.detach() for p in params]
+    if not params:
+        return False
+    with torch.no_grad():
+        norms = torch._foreach_norm(params)
+        if all(bool(torch.isfinite(n)) for n in norms):
+            return False
+        return not all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def _raise_on_nonfinite_output(module, args, output) -> None:
+    logits = getattr(output, "logits", output)
+    if isinstance(logits, torch.Tensor) and logits.is_floating_point() and not bool(torch.isfinite(logits).all()):
+        raise Diverged("the model's logits hold NaN or inf")
 
 
 @dataclass
@@ -113,14 +146,38 @@ def train_loop(
     checkpoints.add(cfg.max_steps)
 
     result = TrainResult(steps=0)
+
+    def broken(step: int) -> bool:
+        """Trained weights non-finite: record the divergence (the check is not consulted)."""
+        if nonfinite_weights(params):
+            log.error("%s: non-finite weights at step %d: diverged", desc, step)
+            result.diverged = True
+        return result.diverged
+
+    def consult(step: int) -> bool:
+        """The check's verdict, unless the model is broken (then ``result.diverged`` is set)."""
+        if broken(step):
+            return False
+        handle = model.register_forward_hook(_raise_on_nonfinite_output)
+        try:
+            return bool(check(step))
+        except Diverged as err:
+            log.error("%s: %s at step %d: diverged", desc, err, step)
+            result.diverged = True
+            return False
+        finally:
+            handle.remove()
+
     start = time.perf_counter()
     model.train()
-    if check is not None and check(0):
-        result.stopped_by_check = True
+    if check is not None and (consult(0) or result.diverged):
+        result.stopped_by_check = not result.diverged
         result.wall_s = time.perf_counter() - start
+        model.eval()
         return result
     stream = iter(batches)
     bar = tqdm(total=cfg.max_steps, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    checked = 0  # the last step whose weights were tested
     try:
         for step in range(1, cfg.max_steps + 1):
             batch = next(stream)
@@ -141,9 +198,18 @@ def train_loop(
             result.losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
-            if check is not None and step in checkpoints and check(step):
-                result.stopped_by_check = True
-                break
+            if step in checkpoints:
+                checked = step
+                if check is None:
+                    if broken(step):
+                        break
+                elif consult(step):
+                    result.stopped_by_check = True
+                    break
+                elif result.diverged:
+                    break
+        if not result.diverged and checked != result.steps:
+            broken(result.steps)  # the end of training is always tested
     finally:
         bar.close()
         model.eval()

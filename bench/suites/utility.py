@@ -34,13 +34,10 @@ the utility numbers describe the same token sequences the model was trained and 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
@@ -49,9 +46,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 
 from bench.benchmark import Benchmark
+from bench.disk_cache import digest, directory
 from bench.errors import UserError
 from bench.suites import Row, SuiteContext
 
@@ -205,22 +202,14 @@ def local_task_files(bench: Benchmark) -> dict[str, tuple[list[dict[str, Any]], 
 def write_local_tasks(bench: Benchmark, root: str | Path) -> Path:
     """Write the local task YAMLs and JSONL data under ``root/<content hash>/``; returns that folder.
 
-    Keyed by content, so runs on the same benchmark share one folder; written to a temporary
-    folder and renamed (atomic), under a file lock (parallel sweep jobs write it once). The
-    ``datasets`` cache of these files lives inside the folder, not in ~/.cache.
+    Keyed by content, so runs on the same benchmark share one folder; built once by
+    ``bench.disk_cache.directory`` (locked, temporary folder renamed, orphans of killed runs
+    removed). The ``datasets`` cache of these files lives inside the folder, not in ~/.cache.
     """
     specs = local_task_files(bench)
-    payload = json.dumps({k: v for k, v in specs.items()}, sort_keys=True)
-    key = hashlib.sha256(f"{payload}|{_lm_eval_version()}".encode()).hexdigest()[:16]
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = (root / key).resolve()
-    with FileLock(str(root / f"{key}.lock")):
-        if (final / "done").exists():
-            return final
-        tmp = root / f".tmp-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    final = (Path(root) / digest({"tasks": specs, "lm_eval": _lm_eval_version()}, 16)).resolve()
+
+    def write(tmp: Path) -> None:
         for name, (docs, config) in specs.items():
             (tmp / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
             config = {**config, "dataset_path": "json",
@@ -228,10 +217,8 @@ def write_local_tasks(bench: Benchmark, root: str | Path) -> Path:
                                          "cache_dir": str(final / "hf_datasets")}}
             # JSON is valid YAML: no YAML writer dependency and no quoting surprises.
             (tmp / f"{name}.yaml").write_text(json.dumps(config, indent=1))
-        (tmp / "done").write_text(key)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    return final
+
+    return directory(final, write, marker="done")[0]
 
 
 def _task_dir(ctx: SuiteContext) -> Path:
