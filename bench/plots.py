@@ -69,7 +69,7 @@ def tradeoff(df: pd.DataFrame, forget_metric: str = "mcq_acc", retain_metric: st
     methods = sorted(r for r in labels if r not in refs)
     groups = sorted(dict.fromkeys(df.loc[df.row.isin(labels), "group"])) if "group" in df else [""]
     colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
-    markers = "osD^vP*Xh<>"
+    markers = "oDvP*Xh<>pd"  # not s or ^: those mark target and oracle
     drawn = 0
     for name in sorted(refs, key=lambda r: (r.split(" ")[0] != TARGET, r)):
         sub = lines[lines.row == name]

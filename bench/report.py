@@ -499,7 +499,10 @@ def legend(t: Table) -> str:
     seeds = {i.seeds for i in infos}
     lines = [("cells: mean over seeds" + (" ± 95% Student-t CI half-width" if max(seeds, default=1) > 1 else "")
               + "; n = seeds of that config (only seeds of one config are pooled); (n=k): k seeds had a number")]
-    if len(t.infos) > 2:
+    methods_per_group: dict[str, int] = {}
+    for i in infos:
+        methods_per_group[i.group] = methods_per_group.get(i.group, 0) + (not i.reference)
+    if max(methods_per_group.values(), default=0) > 1:
         lines.append("* best method row per column and reference group, by the metric's declared direction (bench/directions.py)")
     rows_missed = [i for i in infos if i.missed]
     if rows_missed:
