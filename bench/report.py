@@ -521,18 +521,21 @@ def legend(t: Table) -> str:
 
 def numeric_csv(t: Table) -> pd.DataFrame:
     """The table as numbers: n, reached, missed, diverged, then per column its mean and CI half-width."""
-    out = pd.DataFrame(index=t.means.index)
-    out["group"] = [t.infos[l].group for l in out.index]
-    out["n"] = [t.infos[l].seeds for l in out.index]
-    out["reached"] = [t.infos[l].reached for l in out.index]
-    out["missed"] = [t.infos[l].missed if not t.infos[l].reference else None for l in out.index]
-    out["diverged"] = [t.infos[l].diverged if not t.infos[l].reference else None for l in out.index]
+    idx = t.means.index
+    info = [t.infos[l] for l in idx]
+    meta = pd.DataFrame({"group": [i.group for i in info], "n": [i.seeds for i in info],
+                         "reached": pd.array([i.reached for i in info], dtype="Int64"),
+                         "missed": pd.array([None if i.reference else i.missed for i in info], dtype="Int64"),
+                         "diverged": pd.array([None if i.reference else i.diverged for i in info], dtype="Int64")},
+                        index=idx)
+    cells = {}
     for c in t.columns:
-        out[c.label] = t.means[c.label]
-        out[f"{c.label} ci95"] = t.cis[c.label]
-        out[f"{c.label} n"] = t.counts[c.label]
+        cells[c.label] = t.means[c.label]
+        cells[f"{c.label} ci95"] = t.cis[c.label]
+        cells[f"{c.label} n"] = t.counts[c.label]
+    out = pd.concat([meta, pd.DataFrame(cells, index=idx)], axis=1)
     out.index.name = "row"
-    return out.astype({"reached": "Int64", "missed": "Int64", "diverged": "Int64"})
+    return out
 
 
 # ---- paired comparison ------------------------------------------------------------------------
