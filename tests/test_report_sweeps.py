@@ -261,3 +261,27 @@ def test_tradeoff_plot_draws_the_trajectory(tmp_path):
     assert list(curve.index) == [2, 4] and curve.loc[2, "em"] == pytest.approx(0.95)
     figs = plots.render_plots(df)
     assert {"tradeoff.png", "tradeoff.pdf"} <= set(figs) and all(len(b) > 1000 for b in figs.values())
+
+
+def test_callback_baseline_composes_in_hydra_and_writes_the_paired_table(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["+hydra.callbacks.report.baseline=graddiff"], return_hydra_config=True)
+    assert "report" not in cfg.keys() - {"hydra"}  # a hydra-side setting: the run config (and its hash) is unchanged
+    callback = instantiate(cfg.hydra.callbacks.report)
+    assert callback.baseline == "graddiff"
+    sweep = _write(tmp_path, _beta_sweep())
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    callback.on_multirun_end(config)
+    assert (sweep / "table_vs_graddiff.md").exists() and "npo beta=5" in capsys.readouterr().out
+    # a bad baseline after a finished sweep: the main tables, then one error line (no traceback)
+    bad = type(callback)(baseline="nope")
+    (sweep / "table.md").unlink()
+    bad.on_multirun_end(config)
+    out = capsys.readouterr().out
+    assert (sweep / "table.md").exists() and "bench.report: error: --baseline 'nope' names no row" in out
