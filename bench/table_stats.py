@@ -1,0 +1,88 @@
+"""Helpers shared by bench.report and bench.plots: seed intervals, seed-paired comparisons, atomic writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bench.stages import REFERENCE_STAGES  # noqa: F401  (re-exported for bench.report / bench.plots)
+
+WILCOXON_MIN_PAIRS = 6  # below this the signed-rank test cannot reach p < 0.05 two-sided: t-test only
+
+
+def ci95(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval (0 for a single value; NaN/None dropped)."""
+    v = pd.Series(values, dtype=float).dropna()
+    if v.empty:
+        return float("nan"), float("nan")
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, 0.0
+    return mean, float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Seed-paired difference ``row − baseline``: mean, 95% t interval and p-values."""
+
+    n: int
+    diff: float
+    lo: float
+    hi: float
+    p_t: float          # paired t-test (scipy.stats.ttest_rel); NaN under 2 pairs
+    p_wilcoxon: float   # Wilcoxon signed-rank (scipy.stats.wilcoxon); NaN under WILCOXON_MIN_PAIRS pairs
+
+    @property
+    def test(self) -> str:
+        """The test whose p-value is shown: ``wilcoxon`` where it was computed, else ``t``."""
+        return "wilcoxon" if not math.isnan(self.p_wilcoxon) else ("t" if not math.isnan(self.p_t) else "")
+
+    @property
+    def p(self) -> float:
+        return self.p_wilcoxon if self.test == "wilcoxon" else self.p_t
+
+
+def paired(row: pd.Series, base: pd.Series) -> Paired:
+    """Compare two per-seed series (index = seed); only seeds finite in both are paired.
+
+    The interval is the paired Student-t one; p-values: the paired t-test from 2 pairs on, the
+    Wilcoxon signed-rank test also from ``WILCOXON_MIN_PAIRS`` pairs on.
+    """
+    both = pd.concat([row.astype(float), base.astype(float)], axis=1, keys=["row", "base"]).dropna()
+    nan = float("nan")
+    n = len(both)
+    if n == 0:
+        return Paired(0, nan, nan, nan, nan, nan)
+    a, b = both["row"].to_numpy(), both["base"].to_numpy()
+    mean, half = ci95(a - b)
+    if n < 2:
+        return Paired(n, mean, nan, nan, nan, nan)
+    same = bool(np.allclose(a - b, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p_t = 1.0 if same else float(stats.ttest_rel(a, b).pvalue)
+        p_w = nan
+        if n >= WILCOXON_MIN_PAIRS:
+            p_w = 1.0 if same else float(stats.wilcoxon(a, b).pvalue)
+    return Paired(n, mean, mean - half, mean + half, p_t, p_w)
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``path`` through a temp file in its folder and a rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
