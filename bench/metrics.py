@@ -1,7 +1,12 @@
 """Pure metric formulas (PROTOCOLS.md), on plain arrays so each is testable by hand.
 
 Every function raises on input it cannot score (empty arrays, a single class for AUC) rather
-than returning a default: a missing number must be visible, never a silent 0 or 0.5.
+than returning a default: a missing number must be visible, never a silent 0 or 0.5. The one
+exception is a formula the references leave undefined on valid data (privleak with an oracle AUC
+of 1): NaN, with a warning.
+
+Conventions are the published ones (TOFU, MUSE, OpenUnlearning): the same inputs give the same
+value; each docstring names the reference it matches (METRICS_README_SECTION.md has the table).
 """
 
 from __future__ import annotations
@@ -120,9 +125,15 @@ def privleak(auc: float, oracle_auc: float) -> float:
     −100 (AUC 1 vs oracle 0.5), a retrained model 0, under-fitting the forget set (AUC below the
     oracle's) is positive. Near 0 is good.
     """
-    if not 0.0 <= oracle_auc < 1.0:
-        raise ValueError(f"privleak: oracle AUC must be in [0, 1) (got {oracle_auc}); "
-                         "at 1 the oracle itself separates forget from holdout and privleak is undefined")
+    if not (0.0 <= oracle_auc <= 1.0 and 0.0 <= auc <= 1.0):
+        raise ValueError(f"privleak: AUCs must lie in [0, 1] (got {auc}, oracle {oracle_auc})")
+    if oracle_auc == 1.0:
+        # The oracle itself separates forget from holdout (a tiny split, or a leaky world): the
+        # published formula has no value here (MUSE divides by 0, OpenUnlearning by 1e-10, giving
+        # ~1e12). NaN keeps the row and shows it is undefined; no number that looks like a result.
+        logging.getLogger(__name__).warning("privleak undefined: the oracle's AUC is 1 (forget and holdout "
+                                            "fully separable without training on forget); recorded as NaN")
+        return float("nan")
     return (oracle_auc - auc) / (1.0 - oracle_auc + EPS) * 100.0
 
 

@@ -108,8 +108,11 @@ def test_privleak_on_the_published_scale():
     # its AUC equals ours (negated score, flipped labels); score = 1 − 0.75 = 0.25, ref = 1 − 0.6 = 0.4,
     # (0.25 − 0.4) / (0.4 + 1e-10) × 100 = −37.5.
     assert metrics.privleak(0.75, 0.6) == pytest.approx(-37.5)
+    # The oracle itself separates the sets (tiny splits): undefined in MUSE (division by 0), ~1e12 in
+    # OpenUnlearning (division by 1e-10); recorded as NaN, not as a number that looks like a result.
+    assert math.isnan(metrics.privleak(0.9, 1.0))
     with pytest.raises(ValueError):
-        metrics.privleak(0.5, 1.0)  # the oracle itself separates the sets: undefined, not a huge number
+        metrics.privleak(1.2, 0.5)
 
 
 def test_rouge_l_recall():
