@@ -1,7 +1,12 @@
 """Pure metric formulas (PROTOCOLS.md), on plain arrays so each is testable by hand.
 
 Every function raises on input it cannot score (empty arrays, a single class for AUC) rather
-than returning a default: a missing number must be visible, never a silent 0 or 0.5.
+than returning a default: a missing number must be visible, never a silent 0 or 0.5. The one
+exception is a formula the references leave undefined on valid data (privleak with an oracle AUC
+of 1): NaN, with a warning.
+
+Conventions are the published ones (TOFU, MUSE, OpenUnlearning): the same inputs give the same
+value; each docstring names the reference it matches (METRICS_README_SECTION.md has the table).
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+# Added to the denominators exactly where TOFU / OpenUnlearning add it (truth ratio, the forget-side
+# 1/R, option-normalised probability, privleak). On a model wrecked by gradient ascent the answer's
+# probability can fall far below 1e-10 and the ratio would otherwise explode to ~1e30.
+EPS = 1e-10
+
 
 def _nonempty(x: Sequence[float], what: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
@@ -23,21 +33,24 @@ def _nonempty(x: Sequence[float], what: str) -> np.ndarray:
 
 
 def truth_ratio(correct_mean_logprob: Sequence[float], perturbed_mean_logprobs: Sequence[Sequence[float]]) -> np.ndarray:
-    """TOFU truth ratio per item: R = P(perturbed) / P(correct).
+    """TOFU truth ratio per item: R = P(perturbed) / (P(correct) + 1e-10), on the probability scale.
 
     P = exp(mean answer-token log-prob); the perturbed side averages the token losses over its
-    perturbations first (geometric mean of their normalised probabilities).
+    perturbations first (geometric mean of their normalised probabilities). The 1e-10 is TOFU's and
+    OpenUnlearning's (``truth_ratio``: ``wrong_prob / (correct_prob + 1e-10)``): it caps R at
+    P(perturbed)·1e10 when the correct answer's probability collapses.
     """
     correct = _nonempty(correct_mean_logprob, "truth_ratio")
     pert = np.asarray([np.mean(p) for p in perturbed_mean_logprobs], dtype=np.float64)
     if pert.shape != correct.shape:
         raise ValueError("truth_ratio: one list of perturbed log-probs per item is required")
-    return np.exp(pert - correct)
+    return np.exp(pert) / (np.exp(correct) + EPS)
 
 
 def prob_normalised(correct_mean_logprob: Sequence[float], perturbed_mean_logprobs: Sequence[Sequence[float]]) -> np.ndarray:
     """OpenUnlearning's option-normalised answer probability per item (``probability_w_options``):
-    P(correct) / (P(correct) + Σ_j P(perturbed_j)), each P = exp(mean answer-token log-prob).
+    P(correct) / (P(correct) + Σ_j P(perturbed_j) + 1e-10), each P = exp(mean answer-token log-prob)
+    (the 1e-10 as in OpenUnlearning).
 
     TOFU's model utility uses it for real authors and world facts, where a pretrained model's raw
     probability of one particular wording is tiny even when it knows the fact.
@@ -46,13 +59,14 @@ def prob_normalised(correct_mean_logprob: Sequence[float], perturbed_mean_logpro
     if len(perturbed_mean_logprobs) != correct.size or any(len(p) == 0 for p in perturbed_mean_logprobs):
         raise ValueError("prob_normalised: one non-empty list of perturbed log-probs per item is required")
     wrong = np.asarray([np.exp(np.asarray(p, dtype=np.float64)).sum() for p in perturbed_mean_logprobs])
-    return correct / (correct + wrong)
+    return correct / (correct + wrong + EPS)
 
 
 def truth_ratio_forget(ratios: Sequence[float]) -> float:
-    """Forget-side aggregate: mean of min(R, 1/R); 1 means true and false answers are equally likely."""
+    """Forget-side aggregate: mean of min(R, 1/(R + 1e-10)) (OpenUnlearning's ``closer_to_1_better``);
+    1 means true and false answers are equally likely."""
     r = _nonempty(ratios, "truth_ratio_forget")
-    return float(np.mean(np.minimum(r, 1.0 / r)))
+    return float(np.mean(np.minimum(r, 1.0 / (r + EPS))))
 
 
 def truth_ratio_retain(ratios: Sequence[float]) -> float:
@@ -79,9 +93,15 @@ def model_utility(values: Sequence[float]) -> float:
 
 
 def min_k_score(token_logprobs: Sequence[float], k: float = 0.4) -> float:
-    """Min-K% probability: mean of the lowest ceil(k·n) token log-probs (at least one token)."""
+    """Min-K% probability (Shi et al. 2024): mean of the lowest max(1, floor(k·n)) token log-probs.
+
+    Pass the answer tokens only, without the end token (``AnswerScores.answer_logprobs``), as
+    OpenUnlearning's ``MinKProbAttack`` does (``tokenwise_logprobs`` drops the last labelled token,
+    the EOS, and it keeps ``max(1, int(n·k))`` tokens). Higher = more likely a member; OpenUnlearning
+    returns the negation and flips the AUC labels, which gives the same AUC.
+    """
     lp = np.sort(_nonempty(token_logprobs, "min_k_score"))
-    n = max(1, math.ceil(k * lp.size))
+    n = max(1, math.floor(k * lp.size))
     return float(np.mean(lp[:n]))
 
 
@@ -94,16 +114,34 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
 
 
 def privleak(auc: float, oracle_auc: float) -> float:
-    """MUSE privleak: (AUC − AUC_oracle) / AUC_oracle × 100; near 0 is good."""
-    if oracle_auc <= 0:
-        raise ValueError("privleak: oracle AUC must be positive")
-    return (auc - oracle_auc) / oracle_auc * 100.0
+    """MUSE privleak on this harness's AUC convention: (AUC_oracle − AUC) / (1 − AUC_oracle + 1e-10) × 100.
+
+    ``auc`` and ``oracle_auc`` are ``mia_auc`` values: forget items are the positive class and score
+    higher when memorised, so a memorising model has AUC → 1 and an oracle that never saw the
+    forget set has AUC ≈ 0.5. MUSE (and OpenUnlearning's ``privleak``) define the AUC the other way
+    round, AUC_MUSE = 1 − AUC, and report (AUC_MUSE − AUC_MUSE,retrain) / AUC_MUSE,retrain × 100
+    (OpenUnlearning adds 1e-10 to the denominator); substituting gives the formula above, the same
+    value on the same inputs. Published scale: a model that memorised the forget set scores near
+    −100 (AUC 1 vs oracle 0.5), a retrained model 0, under-fitting the forget set (AUC below the
+    oracle's) is positive. Near 0 is good.
+    """
+    if not (0.0 <= oracle_auc <= 1.0 and 0.0 <= auc <= 1.0):
+        raise ValueError(f"privleak: AUCs must lie in [0, 1] (got {auc}, oracle {oracle_auc})")
+    if oracle_auc == 1.0:
+        # The oracle itself separates forget from holdout (a tiny split, or a leaky world): the
+        # published formula has no value here (MUSE divides by 0, OpenUnlearning by 1e-10, giving
+        # ~1e12). NaN keeps the row and shows it is undefined; no number that looks like a result.
+        logging.getLogger(__name__).warning("privleak undefined: the oracle's AUC is 1 (forget and holdout "
+                                            "fully separable without training on forget); recorded as NaN")
+        return float("nan")
+    return (oracle_auc - auc) / (1.0 - oracle_auc + EPS) * 100.0
 
 
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L recall of each prediction against its reference (rouge-score, as TOFU reports)."""
+    """ROUGE-L recall of each prediction against its reference (rouge-score with the Porter stemmer,
+    ``use_stemmer=True``, as TOFU and OpenUnlearning report it)."""
     from rouge_score import rouge_scorer
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs a line per scorer
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references, strict=True)]

@@ -63,11 +63,21 @@ class AnswerScores:
     sum_logprob: np.ndarray
     n_tokens: np.ndarray
     exact: np.ndarray  # bool: greedy decoding would produce exactly this answer then stop
-    token_logprobs: list[np.ndarray]
+    token_logprobs: list[np.ndarray]  # every labelled token: the answer tokens, then the end token
 
     @property
     def mean_logprob(self) -> np.ndarray:
         return self.sum_logprob / self.n_tokens
+
+    @property
+    def answer_logprobs(self) -> list[np.ndarray]:
+        """Per-token log-probs of the answer tokens only, without the final end token.
+
+        ``encode_qa`` labels the answer tokens and then one end token, so this drops the last
+        entry of each row. Membership attacks score these (OpenUnlearning's ``tokenwise_logprobs``
+        drops the end-token prediction too); every other metric keeps the end token.
+        """
+        return [lp[:-1] for lp in self.token_logprobs]
 
 
 @torch.no_grad()

@@ -64,3 +64,20 @@ def test_mcq_picks_highest_option(trained_micro, micro_bench, tokenizer):
         p = micro_bench.prompt(it.question)
         lp = score_answers(trained_micro, tokenizer, [p] * len(it.options), list(it.options)).sum_logprob
         assert c == (int(np.argmax(lp)) == it.answer_index)
+
+
+def test_answer_logprobs_drop_only_the_end_token(fresh_micro, micro_bench, tokenizer):
+    # token_logprobs covers the answer tokens then the end token (encode_qa); answer_logprobs is the
+    # answer tokens alone, what Min-K% scores (OpenUnlearning's tokenwise_logprobs drops the EOS too).
+    it = micro_bench.items[0]
+    prompt = micro_bench.prompt(it.question)
+    s = score_answers(fresh_micro, tokenizer, [prompt, prompt], [it.answer, it.perturbed[0]])
+    p = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False).input_ids
+    for row, answer in enumerate([it.answer, it.perturbed[0]]):
+        a = tokenizer(" " + answer, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logp = torch.log_softmax(fresh_micro(torch.tensor([p + a + [tokenizer.eos_token_id]])).logits[0], -1)
+        manual = [logp[len(p) - 1 + i, tok].item() for i, tok in enumerate(a)]
+        eos = logp[len(p) + len(a) - 1, tokenizer.eos_token_id].item()
+        assert s.answer_logprobs[row] == pytest.approx(manual, abs=1e-4)
+        assert s.token_logprobs[row] == pytest.approx(manual + [eos], abs=1e-4)

@@ -1,8 +1,10 @@
 """Privacy suite: membership inference with Min-K% probability, and MUSE's privleak.
 
-mia_auc (split forget): AUC of the Min-K% score (k = 40% of answer tokens) separating forget
-items (members of the target's training set) from holdout items (never trained). privleak:
-(AUC − AUC_oracle) / AUC_oracle × 100, near 0 when the forget set looks like unseen data.
+mia_auc (split forget): AUC of the Min-K% score (mean of the lowest max(1, floor(k·n)) of the n
+answer-token log-probs, end token excluded; k = 40%) separating forget items (members of the
+target's training set) from holdout items (never trained). privleak, on MUSE's published scale:
+(AUC_oracle − AUC) / (1 − AUC_oracle) × 100: near −100 for a model that memorised the forget set,
+0 when the forget set looks as unseen as to the oracle (bench.metrics.privleak).
 mia_auc on split retain (retain vs holdout) shows the attack works on what was kept.
 """
 
@@ -20,7 +22,7 @@ def min_k_scores(model, split: str, ctx: SuiteContext) -> list[float]:
     items = ctx.bench.split(split)
     k = ctx.setting(SUITE, "min_k", 0.4)
     scores = score_answers(model, ctx.tokenizer, prompts(ctx.bench, items, "question"), [it.answer for it in items])
-    return [min_k_score(lp, k) for lp in scores.token_logprobs]
+    return [min_k_score(lp, k) for lp in scores.answer_logprobs]  # answer tokens, end token excluded
 
 
 def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
