@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, UnlearnContext, UnlearnData
 from bench.models import ModelConfigError, obtain_model, pretrained_source, resolve_device, validate_model_spec
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
-from bench.run_config import RunConfig, UnlearnSettings, check_model_block, parse_typed, typed_kwargs
+from bench.run_config import RunConfig, UnlearnSettings, check_model_block, did_you_mean, parse_typed, typed_kwargs
 from bench.scoring import score_answers
 from bench.stage_cache import evaluate_stage, stage_identity
 from bench.suites import Row, SuiteContext, load_suite
@@ -202,7 +203,7 @@ class Run:
         outcome = self.unlearn()
         self.rows += unlearn_rows(stages.UNLEARNED, outcome.result, outcome.reached, len(self.bench.split("forget")))
         if outcome.result.diverged:
-            log.error("unlearning diverged (non-finite loss or weights) at step %d: the unlearned stage is not evaluated",
+            log.error("unlearning diverged (non-finite loss, weights or scores) at step %d: the unlearned stage is not evaluated",
                       outcome.result.steps)
         else:
             self.evaluate(outcome.model, stages.UNLEARNED)
@@ -391,5 +392,36 @@ def main(cfg: DictConfig) -> None:
     print(summary_table(record))
 
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def check_group_choices(args: list[str]) -> None:
+    """Config-group choices on the command line (``attack=[harmful,rtt]``, ``method=ga,npo``) must name a
+    file of ``conf/<group>/``: Hydra says so for a single choice but not for a list (attack)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except HydraException:
+        return  # Hydra reports its own syntax errors
+    for o in overrides:
+        group = o.key_or_group
+        folder = CONF / group
+        if group.startswith("hydra") or not folder.is_dir():
+            continue
+        value = o.value()
+        names = (list(o.sweep_string_iterator()) if o.is_sweep_override()
+                 else [str(v) for v in value] if isinstance(value, list) else [] if value is None else [str(value)])
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        for name in names:
+            if name not in options:
+                raise ConfigError(f"unknown {group} {name!r}: {did_you_mean(name, options)}available in conf/{group}/: {options}")
+
+
 if __name__ == "__main__":
+    try:
+        check_group_choices(sys.argv[1:])
+    except UserError as err:
+        exit_with(err, "bench.run")
     main()

@@ -16,6 +16,8 @@ from bench.record import RECORD
 from bench.run import run
 from tests.conftest import ROOT, compose_config
 
+OTHER_RECORD = {"config_hash": "other", "code_version": "other", "config": {}, "rows": []}  # a finished run of another config
+
 # (override(s), words the message must contain: the key and the fix or the options)
 BAD = [
     (["+metod=npo"], ["'metod'", "did you mean 'method'"]),
@@ -65,7 +67,7 @@ def test_bad_input_fails_before_compute_naming_the_key(tmp_path, overrides, need
     cfg = compose_config(*overrides, f"cache_dir={tmp_path / 'cache'}", micro=micro)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / RECORD).write_text(json.dumps({"config_hash": "other", "code_version": "other", "rows": []}))
+    (run_dir / RECORD).write_text(json.dumps(OTHER_RECORD))
     with pytest.raises(UserError) as info:
         run(cfg, run_dir, "ga")
     message = str(info.value)
@@ -96,7 +98,7 @@ def test_cli_sweep_with_a_bad_value_moves_no_finished_record(tmp_path):
     # A finished sweep folder: a rerun with threads=auto must fail before touching it.
     job = tmp_path / "sweep" / "+experiment=micro,method=ga"
     job.mkdir(parents=True)
-    (job / RECORD).write_text(json.dumps({"config_hash": "x", "code_version": "y", "rows": []}))
+    (job / RECORD).write_text(json.dumps(OTHER_RECORD))
     proc = _cli("-m", "method=ga", "threads=auto", tmp_path=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert "threads must be an integer or null" in proc.stderr
@@ -110,3 +112,16 @@ def test_cli_full_traceback_on_request(tmp_path):
                               env={**os.environ, "HYDRA_FULL_ERROR": "1", "HF_HUB_OFFLINE": "1"})
     assert env_proc.returncode != 0
     assert "Traceback" in env_proc.stderr and "ConfigError" in env_proc.stderr
+
+
+@pytest.mark.parametrize("arg,needles", [("attack=[harmfull,rtt]", ["unknown attack 'harmfull'", "did you mean 'harmful'", "rtt"]),
+                                          ("method=ga,nposs", ["unknown method 'nposs'", "'npo'"]),
+                                          ("benchmark=tofuu", ["unknown benchmark 'tofuu'", "'tofu'"])])
+def test_unknown_group_choice_lists_the_options(arg, needles):
+    from bench.run import check_group_choices
+
+    with pytest.raises(UserError) as info:
+        check_group_choices([arg])
+    for needle in needles:
+        assert needle in str(info.value)
+    check_group_choices(["attack=[harmful,rtt]", "method=ga,npo", "+experiment=micro", "seed=0,1"])  # valid: no error
