@@ -2,7 +2,7 @@
 
 ``python -m bench.report DIR... [--baseline LABEL]`` rebuilds the tables from any set of run
 records; the Hydra callback ``ReportCallback`` writes them into the sweep directory at the end
-of a multirun (``+hydra.callbacks.report.baseline=LABEL`` for the paired table).
+of a multirun (``hydra.callbacks.report.baseline=LABEL`` for the paired table).
 
 Rows: one per distinct run config apart from the seed. A method row is labelled by the method
 and the config keys that differ between the records (``npo beta=0.05``); the reference stages
@@ -718,7 +718,7 @@ def report(paths: Iterable[str | Path], out: str | Path, baseline: str | None = 
 class ReportCallback(Callback):
     """Hydra callback: after a multirun, write and print the comparison table of the sweep.
 
-    ``baseline`` (``+hydra.callbacks.report.baseline=graddiff``): also the seed-paired table
+    ``baseline`` (``hydra.callbacks.report.baseline=graddiff``): also the seed-paired table
     against that row. Records older than the start of this multirun were complete already and
     skipped (resume).
     """

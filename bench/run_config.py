@@ -204,7 +204,6 @@ class RunConfig:
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     continual: ContinualSettings = field(default_factory=ContinualSettings)
     suite_settings: dict[str, Any] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

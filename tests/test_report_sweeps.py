@@ -271,7 +271,7 @@ def test_callback_baseline_composes_in_hydra_and_writes_the_paired_table(tmp_pat
     from tests.conftest import CONF
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["+hydra.callbacks.report.baseline=graddiff"], return_hydra_config=True)
+        cfg = compose("config", overrides=["hydra.callbacks.report.baseline=graddiff"], return_hydra_config=True)
     assert "report" not in cfg.keys() - {"hydra"}  # a hydra-side setting: the run config (and its hash) is unchanged
     callback = instantiate(cfg.hydra.callbacks.report)
     assert callback.baseline == "graddiff"
