@@ -118,7 +118,7 @@ def _generation(model: str, answer: str) -> str:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    import bench.suites._items as items_mod
+    import bench.items as items_mod
 
     answers_of: dict[str, str] = {}
 

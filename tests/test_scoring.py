@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.scoring import greedy_answers, score_answers
-from bench.suites._items import mcq_correct
+from bench.items import mcq_correct
 
 
 def _prompts(bench, items):
