@@ -64,3 +64,21 @@ def test_mcq_picks_highest_option(trained_micro, micro_bench, tokenizer):
         p = micro_bench.prompt(it.question)
         lp = score_answers(trained_micro, tokenizer, [p] * len(it.options), list(it.options)).sum_logprob
         assert c == (int(np.argmax(lp)) == it.answer_index)
+
+
+def test_eval_mode_restores_the_training_flag_even_on_error(fresh_micro):
+    from bench.scoring import eval_mode
+
+    for flag in (True, False):
+        fresh_micro.train(flag)
+        with eval_mode(fresh_micro) as m:
+            assert m is fresh_micro and not fresh_micro.training
+        assert fresh_micro.training == flag
+    fresh_micro.train(True)
+    try:
+        with eval_mode(fresh_micro):
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert fresh_micro.training
+    fresh_micro.eval()
