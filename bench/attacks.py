@@ -35,7 +35,7 @@ from bench.benchmark import Benchmark, QAItem
 from bench.data import BatchStream, encode_text, pad_id, qa_examples
 from bench.errors import UserError
 from bench.scoring import mean_nll, model_device, score_answers
-from bench.suites._items import prompts
+from bench.items import forced_choice, prompts
 from bench.train import TrainConfig, train_loop
 
 DATA_SOURCES = ("forget_fraction", "forget_folds", "benign")
@@ -294,18 +294,16 @@ def score_facts(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], bat
     """(mcq correct, exact match) per item, trained phrasing, from one teacher-forced pass over the options.
 
     The gold answer is one of the options, so its exact-match verdict comes with the option
-    scores (``bench.suites._items.mcq_correct`` scores the same way: highest answer log-prob wins,
-    ties count wrong).
+    scores (``bench.items.forced_choice``, as ``mcq_correct``: highest answer log-prob wins, ties
+    count wrong).
     """
     if not items:
         return np.zeros(0, bool), np.zeros(0, bool)
     k = len(items[0].options)
     ps = prompts(bench, items, "question")
     scores = score_answers(model, tokenizer, [p for p in ps for _ in range(k)], [o for it in items for o in it.options], batch_size)
-    logp = scores.sum_logprob.reshape(len(items), k)
+    mcq = forced_choice(scores.sum_logprob.reshape(len(items), k), items)
     gold = np.array([it.answer_index for it in items])
-    best = logp.max(axis=1)
-    mcq = (logp.argmax(axis=1) == gold) & ((logp == best[:, None]).sum(axis=1) == 1)
     em = scores.exact.reshape(len(items), k)[np.arange(len(items)), gold]
     return np.asarray(mcq, bool), np.asarray(em, bool)
 

@@ -2,7 +2,8 @@
 
 ``split_requests`` cuts the forget split into N requests by person (``Benchmark.groups`` order,
 contiguous, sizes differing by at most one person). ``continual_rows`` scores the model on every
-request so far; ``bench.run`` evaluates them after each request as stage ``request/<i>``.
+request so far; ``evaluate_request`` adds the ordinary suites: ``bench.run`` calls it after each
+request, as stage ``request/<i>`` (``bench.stages.request_stage``).
 
 Row names (suite ``continual``, split ``forget``, the request as a qualifier of the metric):
 ``em@request<j>``, ``mcq_acc@request<j>``, ``answer_prob@request<j>`` for each request j ≤ i,
@@ -16,10 +17,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from bench.benchmark import Benchmark, QAItem
-from bench.suites import Row, SuiteContext
-from bench.suites._items import score_items
+from bench.items import score_items
+from bench.suites import Row, SuiteContext, SuiteOutput, evaluate_suites
 
 SUITE = "continual"
 
@@ -38,7 +40,7 @@ def continual_rows(model, stage: str, requests: Sequence[Sequence[QAItem]], ctx:
     """Forget scores on each request so far (and on all of them together) at ``stage``."""
     rows: list[Row] = []
     em_all, mcq_all = [], []
-    batch_size = ctx.setting("knowledge", "batch_size", 64)
+    batch_size = ctx.settings_of("knowledge").batch_size  # the knowledge suite's scoring batch
     for j, items in enumerate(requests, 1):
         s = score_items(model, ctx.tokenizer, ctx.bench, list(items), "question", batch_size)
         rows += [Row(stage, SUITE, "forget", f"em@request{j}", float(s.em.mean()), len(items)),
@@ -50,3 +52,12 @@ def continual_rows(model, stage: str, requests: Sequence[Sequence[QAItem]], ctx:
     rows += [Row(stage, SUITE, "forget", "em@seen", float(np.concatenate(em_all).mean()), n),
              Row(stage, SUITE, "forget", "mcq_acc@seen", float(np.concatenate(mcq_all).mean()), n)]
     return rows
+
+
+def evaluate_request(model: torch.nn.Module, stage: str, requests: Sequence[Sequence[QAItem]], suites: Sequence[str],
+                     ctx: SuiteContext) -> SuiteOutput:
+    """Stage ``request/<i>``: the ``continual.suites`` (in order), then the per-request forget scores
+    on ``requests`` (every request done so far)."""
+    out = evaluate_suites(suites, model, stage, ctx)
+    out.rows += continual_rows(model, stage, requests, ctx)
+    return out

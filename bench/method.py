@@ -5,16 +5,17 @@ its hyperparameters typed dataclass fields validated in ``__post_init__`` so bad
 before any compute. ``unlearn(model, data, ctx)`` returns the unlearned model (the same object
 edited in place, or a wrapper) and a ``TrainResult``.
 
-Loss-based methods subclass ``LossMethod`` and write only ``loss`` (and optionally ``prepare``
-and ``after_backward``): the shared loop in ``bench.train`` does the rest, so GA, GradDiff, NPO
-and Ssiuu differ in nothing but their loss.
+Loss-based methods subclass ``LossMethod`` and write only ``loss`` (and optionally the hooks
+``prepare``, ``trainable_parameters``, ``train_config`` and ``after_backward``): the shared loop in
+``bench.train`` does the rest, so GA, GradDiff, NPO and Ssiuu differ in nothing but their loss,
+and MRP in its loss, the parameters it trains (its projection) and its step cap.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
@@ -78,7 +79,8 @@ class Method(ABC):
         model of width ``hidden_size`` (None: not known before loading). Default: any plan works."""
 
 
-def _paired_batches(data: UnlearnData, ctx: UnlearnContext) -> Iterator[UnlearnBatch]:
+def paired_batches(data: UnlearnData, ctx: UnlearnContext) -> Iterator[UnlearnBatch]:
+    """(forget, retain) batches of ``ctx.batch_size``, each stream reshuffled per epoch from the run's seed."""
     pad = pad_id(data.tokenizer)
     forget = BatchStream(data.examples("forget"), ctx.batch_size, pad, seed=ctx.seed)
     retain = BatchStream(data.examples("retain"), ctx.batch_size, pad, seed=ctx.seed + 1)
@@ -107,21 +109,45 @@ class LossMethod(Method):
     def loss(self, model: torch.nn.Module, batch: UnlearnBatch) -> torch.Tensor:
         """The scalar to minimise on one paired batch."""
 
-    def prepare(self, model: torch.nn.Module, data: UnlearnData, ctx: UnlearnContext) -> None:
-        """Runs once before training (e.g. NPO's reference log-probabilities)."""
+    def prepare(self, model: torch.nn.Module, data: UnlearnData, ctx: UnlearnContext) -> torch.nn.Module | None:
+        """Runs once before training (e.g. NPO's reference log-probabilities, MRP's projection). May
+        return a model wrapping ``model``, which is then trained and returned; None: ``model`` itself."""
+
+    def trainable_parameters(self, model: torch.nn.Module) -> Sequence[torch.nn.Parameter] | None:
+        """The parameters to train, called after ``prepare``; every other parameter is frozen while
+        training (no gradients computed) and its ``requires_grad`` restored after. None: all of them."""
+        return None
+
+    def train_config(self, data: UnlearnData, ctx: UnlearnContext) -> TrainConfig:
+        """Optimiser and budget: the run's shared settings with this method's lr and optimizer."""
+        return ctx.train_config(self.lr, self.optimizer)
 
     def after_backward(self, model: torch.nn.Module, batch: UnlearnBatch) -> None:
         """May edit ``p.grad`` after backward, before clipping and the step (e.g. Ssiuu)."""
 
     def unlearn(self, model, data, ctx):
-        self.prepare(model, data, ctx)
+        wrapped = self.prepare(model, data, ctx)
+        model = model if wrapped is None else wrapped
+        params = self.trainable_parameters(model)
+        flags = {p: p.requires_grad for p in model.parameters()}
+        if params is not None:
+            keep = {id(p) for p in params}
+            for p in flags:
+                p.requires_grad_(id(p) in keep)
         stop = ctx.should_stop
-        return model, train_loop(
-            model,
-            lambda batch: self.loss(model, batch),
-            _paired_batches(data, ctx),
-            ctx.train_config(self.lr, self.optimizer),
-            check=(lambda step: stop(model, step)) if stop is not None else None,
-            after_backward=lambda batch: self.after_backward(model, batch),
-            desc=type(self).__name__,
-        )
+        try:
+            result = train_loop(
+                model,
+                lambda batch: self.loss(model, batch),
+                paired_batches(data, ctx),
+                self.train_config(data, ctx),
+                params=params,
+                check=(lambda step: stop(model, step)) if stop is not None else None,
+                after_backward=lambda batch: self.after_backward(model, batch),
+                desc=type(self).__name__,
+            )
+        finally:
+            if params is not None:
+                for p, flag in flags.items():
+                    p.requires_grad_(flag)
+        return model, result

@@ -35,17 +35,18 @@ from transformers import AutoConfig
 
 from bench import stages
 from bench.benchmark import Benchmark, QAItem
-from bench.continual import continual_rows, split_requests
+from bench.continual import evaluate_request, split_requests
 from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, UnlearnContext, UnlearnData
 from bench.models import ModelConfigError, obtain_model, pretrained_source, resolve_device, validate_model_spec
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
-from bench.run_config import RunConfig, UnlearnSettings, check_model_block, did_you_mean, parse_typed, typed_kwargs
+from bench.run_config import RunConfig, UnlearnSettings, check_model_block
+from bench.settings import did_you_mean, parse_arguments, parse_settings
 from bench.scoring import score_answers
-from bench.stage_cache import evaluate_stage, stage_identity
-from bench.suites import Row, SuiteContext, load_suite
-from bench.suites._items import mcq_correct, prompts
+from bench.items import mcq_correct, prompts
+from bench.stage_cache import cached_stage, stage_identity
+from bench.suites import Row, SuiteContext, evaluate_suites, suite_module, validate_settings
 from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
 
@@ -76,7 +77,7 @@ def method_class(block: dict[str, Any]) -> type[Method]:
 
 def build_method(block: dict[str, Any]) -> Method:
     """A method instance from the ``method`` block: its dataclass fields, typed and range-checked."""
-    return parse_typed(method_class(block), block, "method", ignore=("_target_",))
+    return parse_settings(method_class(block), block, "method", ignore=("_target_",))
 
 
 def instantiate_method(cfg: DictConfig) -> Method:
@@ -92,7 +93,7 @@ def build_benchmark(block: dict[str, Any]) -> Benchmark:
         loader = None
     if loader is None:
         raise ConfigError(f"benchmark._target_ {target!r} is not an importable loader; pick one with benchmark=<name>")
-    kwargs = typed_kwargs(loader, block, "benchmark", ignore=("_target_",))
+    kwargs = parse_arguments(loader, block, "benchmark", ignore=("_target_",))
     try:
         bench = loader(**kwargs)
     except UserError:
@@ -158,7 +159,9 @@ class Run:
         self.resolved = resolve(cfg)
         self.settings = RunConfig.parse(self.resolved)
         s = self.settings
-        self.suites = {name: load_suite(name) for name in s.suites}
+        self.suites = list(dict.fromkeys(s.suites))
+        for name in self.suites:
+            suite_module(name)  # an unknown suite lists the available ones
         self.method = build_method(s.method)  # checked here; every unlearning call gets a fresh instance
         self.bench = build_benchmark(s.benchmark)
         self.stop = StopRule.from_settings(s.unlearn, self.bench)
@@ -167,7 +170,7 @@ class Run:
         if self.n_requests > people:
             raise ConfigError(f"continual.requests={self.n_requests} but the forget split has only {people} people; "
                               f"use at most {people} requests (requests are cut by person)")
-        self.request_suites = ({name: load_suite(name) for name in s.continual.suites} if self.n_requests > 1 else {})
+        self.request_suites = list(s.continual.suites) if self.n_requests > 1 else []
         self.model_spec = dict(s.model)
         check_model_block(self.model_spec)
         validate_model_spec(self.model_spec)
@@ -177,12 +180,10 @@ class Run:
             self.method.check_plan(self.n_requests, arch.get("hidden_size") if fresh else None)
         except ValueError as e:
             raise ConfigError(f"method: {e}") from None
-        self.suite_settings = dict(s.suite_settings)
-        for name, suite in {**self.suites, **self.request_suites}.items():
-            if hasattr(suite, "validate"):
-                suite.validate(self.suite_settings.get(name) or {}, self.bench)
+        self.suite_settings = validate_settings([*self.suites, *self.request_suites], s.suite_settings, self.bench)
         self.cfg_hash, self.code = config_hash(self.resolved), code_version()
         self.rows: list[Row] = []
+        self.examples: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.reused_stages: list[str] = []
 
@@ -251,11 +252,10 @@ class Run:
     def evaluate(self, model: torch.nn.Module, stage: str) -> None:
         start = time.perf_counter()
 
-        def compute() -> list[Row]:
-            return [row for suite in self.suites.values() for row in suite.evaluate(model, stage, self.ctx)]
-
-        stage_rows, reused = evaluate_stage(stage, self.identity, self.settings.cache_dir, self.ctx, compute)
-        self.rows.extend(stage_rows)
+        out, reused = cached_stage(stage, self.identity, self.settings.cache_dir, self.ctx,
+                                   lambda: evaluate_suites(self.suites, model, stage, self.ctx))
+        self.rows.extend(out.rows)
+        self.examples.extend(out.examples)
         if reused:
             self.reused_stages.append(stage)
         self.clock(stage, start)
@@ -333,9 +333,9 @@ class Run:
                 log.error("request %d diverged at step %d: later requests are not run", i, out.result.steps)
                 break
             start = time.perf_counter()
-            for suite in self.request_suites.values():
-                self.rows.extend(suite.evaluate(model, stage, self.ctx))
-            self.rows.extend(continual_rows(model, stage, done, self.ctx))
+            out = evaluate_request(model, stage, done, self.request_suites, self.ctx)
+            self.rows.extend(out.rows)
+            self.examples.extend(out.examples)
             self.clock(stage, start)
         targets = [r["stop_target"] for r in log_]
         return Outcome(model, total, trace, targets[0] if len(set(targets)) == 1 else None, reached_all, log_)
@@ -357,7 +357,7 @@ class Run:
                         **({"requests": outcome.requests} if outcome.requests is not None else {})},
             "rows": [r.as_dict() for r in self.rows],
         }
-        path = write_record(self.run_dir, record, self.ctx.examples)
+        path = write_record(self.run_dir, record, self.examples)
         log.info("record written: %s", path)
         return record
 

@@ -8,8 +8,9 @@ against ``model.generate``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +21,17 @@ from bench.data import IGNORE, Batch, batches_in_order, encode_prompt, encode_qa
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in eval mode inside the block, its own training flag restored after (even on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,17 +98,13 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
     examples = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
     device = model_device(model)
     sums, counts, exact, per_token = [], [], [], []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in batches_in_order(examples, batch_size, pad_id(tokenizer)):
             logp, hit, mask = token_logprobs(model, batch.to(device))
             sums.append(logp.sum(-1).cpu())
             counts.append(mask.sum(-1).cpu())
             exact.append(hit.all(-1).cpu())
             per_token += [row[m].cpu().numpy() for row, m in zip(logp, mask)]
-    finally:
-        model.train(was_training)
     return AnswerScores(torch.cat(sums).double().numpy(), torch.cat(counts).numpy(), torch.cat(exact).numpy(), per_token)
 
 
@@ -106,9 +114,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     device = model_device(model)
     pad = pad_id(tokenizer)
     out: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(prompts), batch_size):
             chunk = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
             width = max(map(len, chunk))
@@ -120,6 +126,4 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
                 if tokenizer.eos_token_id in row:
                     row = row[: row.index(tokenizer.eos_token_id)]
                 out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    finally:
-        model.train(was_training)
     return out

@@ -13,48 +13,49 @@ Any change computes it afresh; writes are atomic and file-locked like the model 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from bench.benchmark import Benchmark
 from bench.disk_cache import digest, pickled
 from bench.record import code_version, package_versions
-from bench.suites import Row, SuiteContext
+from bench.stages import CACHED_STAGES
+from bench.suites import Row, SuiteContext, SuiteOutput
 
 log = logging.getLogger(__name__)
-CACHED_STAGES = ("oracle", "target")
 
 
 def stage_identity(model_keys: dict[str, str], bench: Benchmark, suites: list[str], settings: dict[str, Any],
                    runtime: dict[str, Any]) -> dict[str, Any]:
-    """What a cached stage depends on besides its name, computed once per run. ``runtime``: what
+    """What a cached stage depends on besides its name, computed once per run. ``settings``: suite name
+    -> typed ``Settings`` (``bench.suites.validate_settings``) or raw mapping. ``runtime``: what
     else changes numbers in the last bits (torch threads, device)."""
+    settings = {name: asdict(s) if is_dataclass(s) else s for name, s in settings.items()}
     return {"models": model_keys, "benchmark": digest(asdict(bench)), "suites": list(suites), "settings": settings,
             "code": code_version(), "packages": package_versions(), "runtime": runtime}
 
 
-def evaluate_stage(stage: str, identity: dict[str, Any] | None, cache_dir: str | Path | None, ctx: SuiteContext,
-                   compute: Callable[[], list[Row]]) -> tuple[list[Row], bool]:
-    """The stage's rows: from the cache if this exact stage was evaluated before, else ``compute()``.
+def cached_stage(stage: str, identity: dict[str, Any] | None, cache_dir: str | Path | None, ctx: SuiteContext,
+                 compute: Callable[[], SuiteOutput]) -> tuple[SuiteOutput, bool]:
+    """The stage's output: from the cache if this exact stage was evaluated before, else ``compute()``.
 
-    Examples and references the stage added to ``ctx`` are restored along with the rows, so
-    later stages see the same context either way. ``identity`` None disables the cache.
-    Returns (rows, reused).
+    The references the stage computed (``ctx.capture_references``) are saved with its rows and
+    examples and restored on reuse, so later stages see the same context either way. ``identity``
+    None disables the cache, as does a stage outside ``bench.stages.CACHED_STAGES``.
+    Returns (output, reused).
     """
     if identity is None or cache_dir is None or stage not in CACHED_STAGES:
         return compute(), False
 
     def evaluated() -> dict[str, Any]:
-        n_examples, known = len(ctx.examples), set(ctx._memo)
-        rows = compute()
-        return {"rows": [r.as_dict() for r in rows], "examples": ctx.examples[n_examples:],
-                "references": {k: v for k, v in ctx._memo.items() if k not in known}}
+        with ctx.capture_references() as references:
+            out = compute()
+        return {"rows": [r.as_dict() for r in out.rows], "examples": out.examples, "references": references}
 
     path = Path(cache_dir) / "stages" / f"{stage}-{digest({'stage': stage, **identity})}.pkl"
     saved, reused = pickled(path, evaluated)
     if reused:
-        ctx.examples.extend(saved["examples"])
-        ctx._memo.update(saved["references"])
+        ctx.restore_references(saved["references"])
         log.info("stage %s: reused %s", stage, path)
-    return [Row(**r) for r in saved["rows"]], reused
+    return SuiteOutput([Row(**r) for r in saved["rows"]], saved["examples"]), reused

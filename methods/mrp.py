@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from bench.data import IGNORE, batches_in_order, pad_id
-from bench.method import Method, UnlearnContext, UnlearnData, _paired_batches
-from bench.scoring import mean_nll
-from bench.train import TrainResult, train_loop
+from bench.method import LossMethod, UnlearnBatch, UnlearnContext, UnlearnData
+from bench.scoring import eval_mode, mean_nll
+from bench.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -269,24 +269,22 @@ def collect_states(model: nn.Module, tokenizer, examples, layers: list[int], tok
         return hook
 
     handles = [blocks[i].register_forward_hook(capture(i)) for i in layers]  # after the projection hooks
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches_in_order(examples, batch_size, pad_id(tokenizer)):
-            batch = batch.to(device)
-            mask = batch.attention_mask.bool()
-            if bos is not None:
-                mask &= batch.input_ids != bos
-            if tokens == "answer":
-                nxt = torch.zeros_like(mask)
-                nxt[:, :-1] = batch.labels[:, 1:] != IGNORE
-                mask &= nxt
-            keep["mask"] = mask
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        with eval_mode(model):
+            for batch in batches_in_order(examples, batch_size, pad_id(tokenizer)):
+                batch = batch.to(device)
+                mask = batch.attention_mask.bool()
+                if bos is not None:
+                    mask &= batch.input_ids != bos
+                if tokens == "answer":
+                    nxt = torch.zeros_like(mask)
+                    nxt[:, :-1] = batch.labels[:, 1:] != IGNORE
+                    mask &= nxt
+                keep["mask"] = mask
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {i: torch.cat(v) for i, v in out.items()}
 
 
@@ -315,7 +313,7 @@ def init_directions(forget: torch.Tensor, retain: torch.Tensor, k: int, energy: 
 # The method
 # --------------------------------------------------------------------------------------------
 @dataclass
-class MRP(Method):
+class MRP(LossMethod):
     """Hyperparameters. Defaults tuned on the tiny 2-block d=128 model and the default world by a
     small grid under the shared stopping rule (forget mcq <= chance + 0.05, cap 300 steps): layer 0
     beat layer 1 and both layers; k = 2 or 8 plateaued (forget mcq 0.83 / 0.50); k = 16, lr = 0.5
@@ -327,7 +325,8 @@ class MRP(Method):
     max_retain_rank: cap on r as a fraction of d, in (0, 1): r ≤ floor(fraction·d) and r ≤ d − k.
     init_tokens: hidden states used for the init: ``all`` real tokens or ``answer`` read-out positions.
     lam: λ, weight of the retain cross-entropy in J = −CE_forget + λ·CE_retain (≥ 0).
-    lr: SGD learning rate of W_t (rows start unit-norm; the shared grad_clip bounds each step).
+    lr: learning rate of W_t (rows start unit-norm; the shared grad_clip bounds each step).
+    optimizer: ``sgd`` (plain SGD, as the paper) or ``adamw``.
     epochs: cap on passes over the forget examples (None: only the shared step cap and stopping rule).
     """
 
@@ -338,6 +337,7 @@ class MRP(Method):
     init_tokens: Literal["all", "answer"] = "all"
     lam: float = 1.2
     lr: float = 1.0
+    optimizer: Literal["adamw", "sgd"] = "sgd"
     epochs: float | None = None
     init_info: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -349,6 +349,7 @@ class MRP(Method):
                              f"{max(1, (hidden_size - 1) // n_requests)} (e.g. method.k=8 for continual runs on the tiny model)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # lr > 0, optimizer
         name = type(self).__name__
         self.layers = [int(i) for i in self.layers]
         if not self.layers:
@@ -363,8 +364,6 @@ class MRP(Method):
             raise ValueError(f"{name}: init_tokens must be 'all' or 'answer', got {self.init_tokens!r}")
         if self.lam < 0:
             raise ValueError(f"{name}: lam must be >= 0, got {self.lam}")
-        if not self.lr > 0:
-            raise ValueError(f"{name}: lr must be positive, got {self.lr}")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"{name}: epochs must be positive or null, got {self.epochs}")
 
@@ -384,31 +383,32 @@ class MRP(Method):
                                  "retain_tokens": int(retain[i].shape[0]), "prior_rank": lp.rank - self.k}
         log.info("MRP init: %s", self.init_info)
 
-    def unlearn(self, model, data, ctx: UnlearnContext) -> tuple[nn.Module, TrainResult]:
-        proj = attach_projection(model, self.layers)
-        self.initialise(model, data, proj)
-        params = proj.current_parameters()
-        flags = {p: p.requires_grad for p in model.parameters()}
-        for p in flags:  # base frozen: no grads are computed or kept for it
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        max_steps = ctx.max_steps
+    def prepare(self, model: nn.Module, data: UnlearnData, ctx: UnlearnContext) -> None:
+        """Attach the projection (or reuse the one earlier requests left) and start this request's W_t."""
+        self.initialise(model, data, attach_projection(model, self.layers))
+
+    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Only this request's W_t: the base weights and earlier requests' directions stay frozen."""
+        return projection_of(model).current_parameters()
+
+    def train_config(self, data: UnlearnData, ctx: UnlearnContext) -> TrainConfig:
+        cfg = super().train_config(data, ctx)
         if self.epochs is not None:
-            per_epoch = max(1, len(data.examples("forget")) // min(ctx.batch_size, len(data.examples("forget"))))
-            max_steps = min(max_steps, max(1, math.ceil(self.epochs * per_epoch)))
-        stop = ctx.should_stop
+            n = len(data.examples("forget"))
+            per_epoch = max(1, n // min(ctx.batch_size, n))
+            cfg.max_steps = min(cfg.max_steps, max(1, math.ceil(self.epochs * per_epoch)))
+        return cfg
 
-        def loss(batch):
-            return -mean_nll(model, batch.forget) + self.lam * mean_nll(model, batch.retain)
+    def loss(self, model: nn.Module, batch: UnlearnBatch) -> torch.Tensor:
+        return -mean_nll(model, batch.forget) + self.lam * mean_nll(model, batch.retain)
 
+    def unlearn(self, model, data, ctx: UnlearnContext) -> tuple[nn.Module, TrainResult]:
+        """The shared loop; whatever happens, this request's W_t is frozen into the directions after."""
         try:
-            result = train_loop(model, loss, _paired_batches(data, ctx), ctx.train_config(self.lr, "sgd", max_steps),
-                                params=params, check=(lambda step: stop(model, step)) if stop is not None else None,
-                                desc="MRP")
+            model, result = super().unlearn(model, data, ctx)
         finally:
-            proj.freeze()
-            for p, flag in flags.items():
-                p.requires_grad_(flag)
+            proj = projection_of(model)
+            if proj is not None:
+                proj.freeze()
         log.info("MRP: projector ranks %s after %d steps", proj.ranks(), result.steps)
         return model, result

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bench.data import batches_in_order, pad_id
 from bench.method import LossMethod
-from bench.scoring import mean_nll, sequence_logprob
+from bench.scoring import eval_mode, mean_nll, sequence_logprob
 
 
 @dataclass
@@ -37,10 +37,8 @@ class NPO(LossMethod):
     @torch.no_grad()
     def prepare(self, model, data, ctx):
         examples = data.examples("forget")
-        was_training = model.training
-        model.eval()
-        parts = [sequence_logprob(model, b.to(ctx.device))[0] for b in batches_in_order(examples, 64, pad_id(data.tokenizer))]
-        model.train(was_training)
+        with eval_mode(model):
+            parts = [sequence_logprob(model, b.to(ctx.device))[0] for b in batches_in_order(examples, 64, pad_id(data.tokenizer))]
         # Indexed by example position: forget batches carry those positions in ``index``.
         self._ref_logprob = torch.cat(parts).detach()
 

@@ -118,7 +118,7 @@ def _generation(model: str, answer: str) -> str:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    import bench.suites._items as items_mod
+    import bench.items as items_mod
 
     answers_of: dict[str, str] = {}
 
@@ -164,7 +164,7 @@ def test_tofu_metrics_match_openunlearning_by_hand(scripted):
             scripted[bench.prompt(it.paraphrase)] = it.answer
     ctx = SuiteContext(bench=bench, tokenizer=None, oracle="oracle")
     knowledge.evaluate("oracle", "oracle", ctx)
-    rows = {(r.split, r.metric): r.value for r in knowledge.evaluate("unlearned", "unlearned", ctx)}
+    rows = {(r.split, r.metric): r.value for r in knowledge.evaluate("unlearned", "unlearned", ctx).rows}
 
     forget, retain = bench.split("forget"), bench.split("retain")
     tr_u = _ou_truth_ratios("unlearned", bench, forget, True)

@@ -91,7 +91,7 @@ def test_choice_attribution_matches_manual_forced_choice_gradient(trained_micro,
     torch.testing.assert_close(ext.max[1, offset : offset + width], s.amax(0), rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(ext.min[1, offset : offset + width], s.amin(0), rtol=1e-4, atol=1e-9)
     ctx = _ctx(micro_bench, tokenizer, trained_micro, top_m=[10], objectives=["choice"])
-    assert {r.metric for r in diag.evaluate(trained_micro, "target", ctx)} >= {"hide_ratio_choice@10", "erase_top_choice@10"}
+    assert {r.metric for r in diag.evaluate(trained_micro, "target", ctx).rows} >= {"hide_ratio_choice@10", "erase_top_choice@10"}
 
 
 def _ctx(micro_bench, tokenizer, target, **settings):
@@ -102,7 +102,7 @@ def _ctx(micro_bench, tokenizer, target, **settings):
 def test_suite_rows_zero_at_target_and_positive_after_change(trained_micro, micro_bench, tokenizer):
     assert "diagnostics" in available_suites()
     ctx = _ctx(micro_bench, tokenizer, trained_micro, top_m=[10, 100], objectives=["prob", "logprob"])
-    rows = {r.metric: r.value for r in diag.evaluate(trained_micro, "target", ctx)}
+    rows = {r.metric: r.value for r in diag.evaluate(trained_micro, "target", ctx).rows}
     assert rows["hide_top_logp@10"] == rows["erase_top_logp@10"] == 0.0
     assert rows["erase_top@10"] == rows["hide_top@10"] == rows["hide_ratio@10"] == 0.0
     changed = copy.deepcopy(trained_micro)
@@ -110,18 +110,19 @@ def test_suite_rows_zero_at_target_and_positive_after_change(trained_micro, micr
         torch.manual_seed(0)
         for p in changed.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    rows = {r.metric: r.value for r in diag.evaluate(changed, "unlearned", ctx)}
+    out = diag.evaluate(changed, "unlearned", ctx)
+    rows = {r.metric: r.value for r in out.rows}
     assert rows["erase_top@100"] > 0 and rows["hide_top@100"] > 0 and rows["hide_top_logp@100"] > 0
     assert rows["erase_top@100"] >= rows["erase_top@10"]
     assert rows["hide_ratio@10"] == pytest.approx(rows["hide_top@10"] / rows["erase_top@10"])
     assert {"logit_lens_acc@layer0"} <= rows.keys()
-    modules = [e for e in ctx.examples if e.get("kind") == "hide_erase_module" and e["stage"] == "unlearned"]
+    modules = [e for e in out.examples if e.get("kind") == "hide_erase_module" and e["stage"] == "unlearned"]
     assert {e["module"] for e in modules} == set(diag.MODULES)
 
 
 def test_logit_lens_of_trained_model_on_its_training_facts_is_above_chance(trained_micro, micro_bench, tokenizer):
     ctx = _ctx(micro_bench, tokenizer, None, lens_splits=["forget", "retain"])
-    rows = diag.evaluate(trained_micro, "target", ctx)
+    rows = diag.evaluate(trained_micro, "target", ctx).rows
     acc = {(r.split, r.metric): r.value for r in rows}
     assert acc[("forget", "logit_lens_acc@layer0")] >= 0.75
     assert acc[("retain", "logit_lens_acc@layer0")] >= 0.75
@@ -146,15 +147,15 @@ def test_works_on_wrapped_models(trained_micro, micro_bench, tokenizer):
     ctx = _ctx(micro_bench, tokenizer, trained_micro, top_m=[10])
     wrapped = _Wrapper(copy.deepcopy(trained_micro), scale=1.0)
     try:
-        rows = {r.metric: r.value for r in diag.evaluate(wrapped, "unlearned", ctx)}
+        rows = {r.metric: r.value for r in diag.evaluate(wrapped, "unlearned", ctx).rows}
         assert rows["erase_top@10"] == pytest.approx(0.0, abs=1e-9) and rows["hide_top@10"] == pytest.approx(0.0, abs=1e-9)
     finally:
         [h.remove() for h in wrapped.handles]
     # A hook that edits the residual stream is seen by the lens.
     wrapped = _Wrapper(copy.deepcopy(trained_micro), scale=-1.0)
     try:
-        rows = {r.metric: r.value for r in diag.evaluate(wrapped, "unlearned", ctx)}
-        plain = {r.metric: r.value for r in diag.evaluate(trained_micro, "target", ctx)}
+        rows = {r.metric: r.value for r in diag.evaluate(wrapped, "unlearned", ctx).rows}
+        plain = {r.metric: r.value for r in diag.evaluate(trained_micro, "target", ctx).rows}
         assert rows["logit_lens_acc@layer0"] != plain["logit_lens_acc@layer0"] or rows["hide_top@10"] > 0
     finally:
         [h.remove() for h in wrapped.handles]

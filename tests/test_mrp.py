@@ -130,3 +130,18 @@ def test_layer_choice_is_fixed_across_requests(tokenizer):
     attach_projection(model, [0, 1])
     with pytest.raises(ValueError, match="already projected"):
         attach_projection(model, [1])
+
+
+def test_mrp_runs_on_the_shared_loss_method_path(trained_micro, micro_bench, tokenizer):
+    """MRP is a LossMethod (hooks, not its own loop): only W_t is trained, and every base flag is restored."""
+    from bench.method import LossMethod
+
+    assert issubclass(MRP, LossMethod) and MRP().optimizer == "sgd"
+    model = copy.deepcopy(trained_micro)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    data = _data(micro_bench, tokenizer)
+    model, result = MRP(layers=[0], k=2, lr=0.5, epochs=1).unlearn(model, data, _ctx(50))
+    n = len(data.examples("forget"))
+    assert result.steps == min(50, max(1, n // min(4, n))) < 50  # the epochs cap (train_config hook) applies
+    assert {n: p.requires_grad for n, p in model.named_parameters() if n in flags} == flags
+    assert projection_of(model).current_parameters() == []  # frozen into the directions after the request

@@ -167,7 +167,7 @@ def test_oracle_control_is_computed_once_per_run(fresh_micro, micro_bench, token
     monkeypatch.setattr(relearn_suite, "attack_all", lambda model, c: seen.append(model) or real(model, c))
     rows = []
     for stage in ("oracle", "target", "unlearned"):
-        rows += relearn_suite.evaluate(fresh_micro, stage, ctx)
+        rows += relearn_suite.evaluate(fresh_micro, stage, ctx).rows
     assert seen.count(fresh_micro) == 3  # oracle once (memoised), then target and unlearned
     stages = [r.stage for r in rows if r.metric == "mcq_acc" and r.split == "forget_heldout"]
     assert stages == ["oracle_attacked/harmful_p0.5", "target_attacked/harmful_p0.5", "attacked/harmful_p0.5"]
@@ -185,9 +185,9 @@ def test_oracle_control_is_cached_on_disk_and_invalidated_by_its_settings(fresh_
     calls = []
     real = relearn_suite.attack_all
     monkeypatch.setattr(relearn_suite, "attack_all", lambda model, c: calls.append(1) or real(model, c))
-    first = relearn_suite.evaluate(fresh_micro, "oracle", context(1e-2))
+    first = relearn_suite.evaluate(fresh_micro, "oracle", context(1e-2)).rows
     assert len(calls) == 1 and len(list((tmp_path / "relearn_control").glob("*.pkl"))) == 1
-    again = relearn_suite.evaluate(fresh_micro, "oracle", context(1e-2))  # a new run, same control: read from disk
+    again = relearn_suite.evaluate(fresh_micro, "oracle", context(1e-2)).rows  # a new run, same control: read from disk
     assert len(calls) == 1
     assert [r.as_dict() for r in again] == [r.as_dict() for r in first]
     relearn_suite.evaluate(fresh_micro, "oracle", context(2e-2))  # another lr grid: computed afresh

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.scoring import greedy_answers, score_answers
-from bench.suites._items import mcq_correct
+from bench.items import mcq_correct
 
 
 def _prompts(bench, items):
@@ -81,3 +81,21 @@ def test_answer_logprobs_drop_only_the_end_token(fresh_micro, micro_bench, token
         eos = logp[len(p) + len(a) - 1, tokenizer.eos_token_id].item()
         assert s.answer_logprobs[row] == pytest.approx(manual, abs=1e-4)
         assert s.token_logprobs[row] == pytest.approx(manual + [eos], abs=1e-4)
+
+
+def test_eval_mode_restores_the_training_flag_even_on_error(fresh_micro):
+    from bench.scoring import eval_mode
+
+    for flag in (True, False):
+        fresh_micro.train(flag)
+        with eval_mode(fresh_micro) as m:
+            assert m is fresh_micro and not fresh_micro.training
+        assert fresh_micro.training == flag
+    fresh_micro.train(True)
+    try:
+        with eval_mode(fresh_micro):
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert fresh_micro.training
+    fresh_micro.eval()

@@ -2,7 +2,7 @@
 
 ``python -m bench.perf.end_token_check [--methods ga graddiff npo] [--threads 1] [overrides...]``
 
-The harness's forced choice (``bench.suites._items.mcq_correct``) sums the log-probs of each
+The harness's forced choice (``bench.items.mcq_correct``) sums the log-probs of each
 option's answer tokens *and* the end token after it. Unlearning trains on (question, gold answer,
 end token), so a method can lower P(end | question, gold answer) alone and the gold option loses
 the forced choice while the answer tokens are as likely as before. This script scores both
@@ -37,7 +37,7 @@ from bench.method import UnlearnContext, UnlearnData
 from bench.models import obtain_model, pretrained_source, resolve_device
 from bench.run import stop_target
 from bench.scoring import score_answers
-from bench.suites._items import forced_choice, prompts
+from bench.items import forced_choice, prompts
 from bench.tokenizer import load_model_tokenizer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -23,8 +23,8 @@ embedding, scores the gold answer against one random distractor option (fixed pe
 (answer tokens, teacher-forced) is higher. Chance 0.5; below chance means the answer is being
 pushed down (still recognisable). The last layer's lens is the model's own output.
 
-Settings (``suite_settings.diagnostics``): batch_size (32), top_m ([100, 1000]), seed (0),
-lens_splits ([forget]), objectives ([prob]). ``objectives: [prob, logprob]`` adds a variant
+Settings (``suite_settings.diagnostics``, ``Settings`` below): batch_size (32), top_m ([100, 1000]),
+seed (0), lens_splits ([forget]), objectives ([prob]). ``objectives: [prob, logprob]`` adds a variant
 with s = a·∂log P/∂a (rows ``erase_top_logp@m``, ``hide_top_logp@m``, ``hide_ratio_logp@m``);
 ``choice`` one with P = the gold option's forced-choice probability among the k options
 (rows ``*_choice@m``), the quantity an MCQ benchmark such as the paper's FaithUn scores.
@@ -45,20 +45,47 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from bench.benchmark import SPLITS, Benchmark
 from bench.data import IGNORE, batches_in_order, encode_qa, pad_id
-from bench.scoring import model_device
-from bench.suites import Row, SuiteContext
+from bench.errors import ConfigError
+from bench.scoring import eval_mode, model_device
+from bench.settings import bounded
+from bench.suites import Row, SuiteContext, SuiteOutput
 
 SUITE = "diagnostics"
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OBJECTIVES = {"prob": "", "logprob": "_logp", "choice": "_choice"}  # attribution objective -> metric-name suffix
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """batch_size: facts per forward/backward pass. top_m: m of the hide_ratio@m rows (the m most-changed
+    neurons). objectives: attribution objectives (see the module docstring). lens_splits: benchmark splits
+    the logit lens scores. seed: the logit lens's random distractor per fact."""
+
+    batch_size: int = bounded(32, ge=1)
+    top_m: tuple[int, ...] = bounded((100, 1000), ge=1, nonempty=True, unique=True)
+    objectives: tuple[Literal["prob", "logprob", "choice"], ...] = bounded(("prob",), unique=True)
+    lens_splits: tuple[str, ...] = bounded(("forget",), choices=SPLITS, unique=True)
+    seed: int = 0
+
+
+def check(settings: Settings, bench: Benchmark) -> None:
+    if "choice" in settings.objectives and any(it.answer_only for it in bench.split("forget")):
+        raise ConfigError("suite_settings.diagnostics.objectives: 'choice' needs multiple-choice forget items and this "
+                          "benchmark's are answer-only; use objectives=[prob]")
+    answer_only = [s for s in settings.lens_splits if any(it.answer_only for it in bench.split(s))]
+    if answer_only:
+        raise ConfigError(f"suite_settings.diagnostics.lens_splits: {answer_only} have answer-only items (the logit lens "
+                          f"needs a distractor option); drop them, e.g. lens_splits=[forget]")
 
 
 # ---- neurons and attributions -----------------------------------------------------------------
@@ -92,9 +119,6 @@ def token_extremes(s: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, 
     return s.masked_fill(~v, float("-inf")).amax(1), s.masked_fill(~v, float("inf")).amin(1)
 
 
-OBJECTIVES = {"prob": "", "logprob": "_logp", "choice": "_choice"}  # attribution objective -> metric-name suffix
-
-
 def neuron_extremes(model: torch.nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad: int,
                     batch_size: int = 32, objective: str = "prob", group: int = 1) -> NeuronExtremes:
     """Token-aggregated attributions of every projection neuron on each fact:
@@ -120,10 +144,8 @@ def neuron_extremes(model: torch.nn.Module, examples: Sequence[tuple[list[int], 
 
     handles = [m.register_forward_hook(hook) for _, _, _, m in mods]
     maxs, mins = [], []
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             for batch in batches_in_order(examples, batch_size, pad):
                 batch = batch.to(device)
                 captured.clear()
@@ -153,7 +175,6 @@ def neuron_extremes(model: torch.nn.Module, examples: Sequence[tuple[list[int], 
         for h in handles:
             h.remove()
         captured.clear()
-        model.train(was_training)
     layers = np.concatenate([np.full(m.out_features, layer) for _, layer, _, m in mods])
     kinds = np.concatenate([np.full(m.out_features, kind) for _, _, kind, m in mods])
     return NeuronExtremes(torch.cat(maxs).double(), torch.cat(mins).double(), layers, kinds)
@@ -205,29 +226,27 @@ def lens_logprobs(model: torch.nn.Module, examples: Sequence[tuple[list[int], li
 
     handles = [b.register_forward_hook(hook) for b in blocks]
     out = []
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches_in_order(examples, batch_size, pad):
-            batch = batch.to(device)
-            states.clear()
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            target = batch.labels[:, 1:]
-            # Answer tokens only: drop each row's last labelled token (the end token).
-            mask = target != IGNORE
-            last = torch.where(mask, torch.arange(mask.shape[1], device=device), -1).amax(1)
-            mask &= torch.arange(mask.shape[1], device=device)[None, :] != last[:, None]
-            per_layer = []
-            for h in states:
-                logp = F.log_softmax(head(norm(h))[:, :-1].float(), -1)
-                tok = torch.gather(logp, 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                per_layer.append((tok * mask).sum(-1).cpu())
-            out.append(torch.stack(per_layer))
+        with eval_mode(model):
+            for batch in batches_in_order(examples, batch_size, pad):
+                batch = batch.to(device)
+                states.clear()
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                target = batch.labels[:, 1:]
+                # Answer tokens only: drop each row's last labelled token (the end token).
+                mask = target != IGNORE
+                last = torch.where(mask, torch.arange(mask.shape[1], device=device), -1).amax(1)
+                mask &= torch.arange(mask.shape[1], device=device)[None, :] != last[:, None]
+                per_layer = []
+                for h in states:
+                    logp = F.log_softmax(head(norm(h))[:, :-1].float(), -1)
+                    tok = torch.gather(logp, 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                    per_layer.append((tok * mask).sum(-1).cpu())
+                out.append(torch.stack(per_layer))
     finally:
         for h in handles:
             h.remove()
         states.clear()
-        model.train(was_training)
     return torch.cat(out, dim=1).double().numpy()
 
 
@@ -250,29 +269,31 @@ def _choice_examples(ctx: SuiteContext, items):
             for it in items for a in (it.answer, *[o for o in it.options if o != it.answer])]
 
 
-def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
+def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
     rows: list[Row] = []
-    bs = int(ctx.setting(SUITE, "batch_size", 32))
+    examples: list[dict] = []
+    settings = ctx.settings_of(SUITE)
+    bs = settings.batch_size
     pad = pad_id(ctx.tokenizer)
-    seed = int(ctx.setting(SUITE, "seed", 0))
+    seed = settings.seed
     forget = ctx.bench.split("forget")
 
     # Hide vs erase, against the target model.
-    target = getattr(ctx, "target", None)
+    target = ctx.target
     if target is None:
         log.warning("diagnostics: no target model in the suite context; hide vs erase skipped")
     elif forget:
         n = len(forget)
-        for objective in ctx.setting(SUITE, "objectives", ["prob"]):
-            sfx = OBJECTIVES.get(objective, "")
+        for objective in settings.objectives:
+            sfx = OBJECTIVES[objective]
             group = ctx.bench.n_options if objective == "choice" else 1
-            examples = _choice_examples(ctx, forget) if objective == "choice" else _fact_examples(ctx, forget)
+            facts = _choice_examples(ctx, forget) if objective == "choice" else _fact_examples(ctx, forget)
             before = ctx.reference((SUITE, "extremes", objective),
-                                   lambda: neuron_extremes(target, examples, pad, bs, objective, group))
-            after = before if model is target else neuron_extremes(model, examples, pad, bs, objective, group)
+                                   lambda: neuron_extremes(target, facts, pad, bs, objective, group))
+            after = before if model is target else neuron_extremes(model, facts, pad, bs, objective, group)
             d_plus, d_minus = influence_variation(before, after)
-            for m in ctx.setting(SUITE, "top_m", [100, 1000]):
-                s_plus, s_minus = top_sum(d_plus, int(m)), top_sum(d_minus, int(m))
+            for m in settings.top_m:
+                s_plus, s_minus = top_sum(d_plus, m), top_sum(d_minus, m)
                 rows += [Row(stage, SUITE, "forget", f"erase_top{sfx}@{m}", s_plus, n),
                          Row(stage, SUITE, "forget", f"hide_top{sfx}@{m}", s_minus, n),
                          Row(stage, SUITE, "forget", f"hide_ratio{sfx}@{m}", hide_ratio(s_minus, s_plus), n)]
@@ -282,13 +303,13 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
                     if not sel.any():
                         continue
                     dp, dm = np.sort(d_plus[sel])[::-1], np.sort(d_minus[sel])[::-1]
-                    ctx.examples.append({"stage": stage, "suite": SUITE, "split": "forget", "kind": "hide_erase_module",
-                                         "objective": objective, "layer": int(layer), "module": kind,
-                                         "neurons": int(sel.sum()), "erase_sum": float(dp.sum()), "hide_sum": float(dm.sum()),
-                                         "erase_top10_mean": float(dp[:10].mean()), "hide_top10_mean": float(dm[:10].mean())})
+                    examples.append({"stage": stage, "suite": SUITE, "split": "forget", "kind": "hide_erase_module",
+                                     "objective": objective, "layer": int(layer), "module": kind,
+                                     "neurons": int(sel.sum()), "erase_sum": float(dp.sum()), "hide_sum": float(dm.sum()),
+                                     "erase_top10_mean": float(dp[:10].mean()), "hide_top10_mean": float(dm[:10].mean())})
 
     # Logit lens: gold answer vs one random distractor, per layer.
-    for split in ctx.setting(SUITE, "lens_splits", ["forget"]):
+    for split in settings.lens_splits:
         items = ctx.bench.split(split)
         if not items:
             continue
@@ -299,7 +320,7 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
         for layer, w in enumerate(wins):
             rows.append(Row(stage, SUITE, split, f"logit_lens_acc@layer{layer}", float(w.mean()), len(items)))
         for i, it in enumerate(items):
-            ctx.examples.append({"stage": stage, "suite": SUITE, "split": split, "kind": "logit_lens", "id": it.id,
-                                 "distractor": wrong[i], "gold_logprob": [float(v) for v in gold[:, i]],
-                                 "distractor_logprob": [float(v) for v in other[:, i]]})
-    return rows
+            examples.append({"stage": stage, "suite": SUITE, "split": split, "kind": "logit_lens", "id": it.id,
+                             "distractor": wrong[i], "gold_logprob": [float(v) for v in gold[:, i]],
+                             "distractor_logprob": [float(v) for v in other[:, i]]})
+    return SuiteOutput(rows, examples)

@@ -15,17 +15,36 @@ model_utility depends on ``bench.metric_protocol``:
   ``answer_prob_normalised`` = P(answer) / (P(answer) + Σ P(perturbed))); utility is the harmonic
   mean of retain answer_prob, rougeL_recall, truth_ratio and, per relation,
   answer_prob_normalised, rougeL_recall, truth_ratio.
+
+Settings (``suite_settings.knowledge``): batch_size, the scoring batch (also used by the
+continual per-request scores).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from bench.benchmark import Benchmark
+from bench.items import SPLIT_VIEWS, ItemScores, score_items
 from bench.metrics import forget_quality, model_utility, truth_ratio_forget, truth_ratio_retain
-from bench.suites import Row, SuiteContext
-from bench.suites._items import SPLIT_VIEWS, ItemScores, score_items
+from bench.settings import bounded
+from bench.stages import ORACLE
+from bench.suites import Row, SuiteContext, SuiteOutput
 
 SUITE = "knowledge"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """batch_size: (prompt, answer) pairs per scoring forward pass."""
+
+    batch_size: int = bounded(64, ge=1)
+
+
+def check(settings: Settings, bench: Benchmark) -> None:
+    """Nothing here depends on the benchmark (``Benchmark.validate`` checks what metric_protocol needs)."""
 
 
 def split_scores(model, split: str, ctx: SuiteContext) -> ItemScores | None:
@@ -33,11 +52,11 @@ def split_scores(model, split: str, ctx: SuiteContext) -> ItemScores | None:
     items = ctx.bench.split(source)
     if not items or (phrasing == "paraphrase" and not items[0].paraphrase):
         return None  # Benchmark.validate guarantees a split has paraphrases for all items or for none
-    return score_items(model, ctx.tokenizer, ctx.bench, items, phrasing, ctx.setting(SUITE, "batch_size", 64))
+    return score_items(model, ctx.tokenizer, ctx.bench, items, phrasing, ctx.settings_of(SUITE).batch_size)
 
 
 def _scores(model, stage: str, split: str, ctx: SuiteContext) -> ItemScores | None:
-    if stage == "oracle":
+    if stage == ORACLE:
         return ctx.reference((SUITE, split), lambda: split_scores(ctx.oracle, split, ctx))
     return split_scores(model, split, ctx)
 
@@ -66,8 +85,9 @@ def _opt(a: np.ndarray | None, i: int):
     return None if a is None else (bool(a[i]) if a.dtype == bool else float(a[i]))
 
 
-def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
+def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
     rows: list[Row] = []
+    examples: list[dict] = []
     aggregates: dict[tuple[str, str], float] = {}
     general_scores: ItemScores | None = None
     for split in SPLIT_VIEWS:
@@ -85,7 +105,7 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
         aggregates.update({(split, m): v for m, v in values.items()})
         item_split = SPLIT_VIEWS[split][0]
         for i, item_id in enumerate(scores.ids):
-            ctx.examples.append({"stage": stage, "suite": SUITE, "split": split, "id": item_id, "source_split": item_split,
+            examples.append({"stage": stage, "suite": SUITE, "split": split, "id": item_id, "source_split": item_split,
                                  "generation": scores.generations[i], "em": bool(scores.em[i]),
                                  "mcq_correct": _opt(scores.mcq_correct, i), "answer_prob": float(scores.answer_prob[i]),
                                  "truth_ratio": _opt(scores.truth_ratio, i), "rougeL_recall": float(scores.rouge_recall[i])})
@@ -99,7 +119,7 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
                  if (s, m) in aggregates]
     if parts:
         rows.append(Row(stage, SUITE, "retain", "model_utility", model_utility(parts), len(parts)))
-    return rows
+    return SuiteOutput(rows, examples)
 
 
 def _tofu_general_rows(stage: str, scores: ItemScores | None, ctx: SuiteContext) -> tuple[list[Row], list[float]]:

@@ -32,6 +32,9 @@ Stages: ``attacked/<attack>`` for the unlearned model, ``oracle_attacked/<attack
 control, ``target_attacked/<attack>`` for the target (a no-op check: it knows every fact
 already), ``<stage>/attacked/<attack>`` for any other stage. Relearn curves for every lr and
 per-item trajectories at the worst-case lr go to examples.jsonl (suite ``relearn``).
+
+Settings (``suite_settings.relearn``, ``Settings`` below): attacks (conf/config.yaml fills it with
+the run's ``attack`` node), stages, seed (the run's seed in conf/config.yaml), batch_size.
 """
 
 from __future__ import annotations
@@ -50,28 +53,41 @@ from bench.attacks import (AttackConfigError, AttackSpec, attack_folds, parse_at
 from bench.benchmark import Benchmark
 from bench.disk_cache import digest, pickled
 from bench.record import code_version, package_versions
-from bench.suites import Row, SuiteContext
+from bench.settings import bounded
+from bench.stages import ORACLE, TARGET, UNLEARNED
+from bench.suites import Row, SuiteContext, SuiteOutput
 
 
 SUITE = "relearn"
 SPLIT = "forget_heldout"
 METRICS = ("mcq_acc", "em")
-DEFAULT_STAGES = ("unlearned",)
 log = logging.getLogger(__name__)
 
 
-def validate(settings: dict[str, Any], bench: Benchmark) -> None:
-    """Checks before compute: attack specs, their fit to the world, and the attacked stages."""
-    parse_attacks(settings.get("attacks"), bench)
-    stages = settings.get("stages", DEFAULT_STAGES)
-    if not isinstance(stages, (list, tuple)) or not all(isinstance(s, str) for s in stages) or "oracle" in stages:
-        raise AttackConfigError(f"suite_settings.relearn.stages must be a list of stage names other than 'oracle' "
-                                f"(the oracle is always attacked as control), got {stages!r}")
+@dataclass(frozen=True)
+class Settings:
+    """attacks: attack name -> spec fields (``bench.attacks.AttackSpec``); empty: the suite does nothing.
+    stages: stages whose model is attacked, besides the oracle control (add target for the no-op check).
+    seed: draws of attacked people and batch order. batch_size: held-out scoring batch (the options of
+    all held-out facts in one pass)."""
+
+    attacks: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[str, ...] = bounded((UNLEARNED,))
+    seed: int = 0
+    batch_size: int = bounded(256, ge=1)
+
+
+def check(settings: Settings, bench: Benchmark) -> None:
+    """Attack specs and their fit to the world; the attacked stages."""
+    parse_attacks(settings.attacks, bench)
+    if ORACLE in settings.stages:
+        raise AttackConfigError(f"suite_settings.relearn.stages must name stages other than 'oracle' (the oracle is "
+                                f"always attacked as control), got {list(settings.stages)}; e.g. [unlearned]")
 
 
 def stage_label(stage: str, attack: str) -> str:
-    return {"unlearned": f"attacked/{attack}", "oracle": f"oracle_attacked/{attack}",
-            "target": f"target_attacked/{attack}"}.get(stage, f"{stage}/attacked/{attack}")
+    return {UNLEARNED: f"attacked/{attack}", ORACLE: f"oracle_attacked/{attack}",
+            TARGET: f"target_attacked/{attack}"}.get(stage, f"{stage}/attacked/{attack}")
 
 
 @dataclass
@@ -93,8 +109,7 @@ class Outcome:
 
 
 def attack(model, spec: AttackSpec, attack_name: str, fraction: float | None, ctx: SuiteContext) -> Outcome:
-    seed = int(ctx.setting(SUITE, "seed", 0))
-    batch_size = int(ctx.setting(SUITE, "batch_size", 256))
+    seed, batch_size = ctx.settings_of(SUITE).seed, ctx.settings_of(SUITE).batch_size
     out = Outcome(attack_name, spec)
     start = time.perf_counter()
     points = spec.checkpoints
@@ -134,15 +149,15 @@ def attack(model, spec: AttackSpec, attack_name: str, fraction: float | None, ct
 
 
 def attack_all(model, ctx: SuiteContext) -> list[Outcome]:
-    specs = parse_attacks(ctx.setting(SUITE, "attacks", {}), ctx.bench)
+    specs = parse_attacks(ctx.settings_of(SUITE).attacks, ctx.bench)
     return [attack(model, spec, name, fraction, ctx) for spec in specs for name, fraction in spec.variants()]
 
 
 def control_key(ctx: SuiteContext) -> str:
     """Hash of everything the oracle control depends on (see the module docstring)."""
-    return digest({"oracle": ctx.oracle_key, "attacks": ctx.setting(SUITE, "attacks", {}), "seed": ctx.setting(SUITE, "seed", 0),
-                   "batch_size": ctx.setting(SUITE, "batch_size", 256), "code": code_version(),
-                   "packages": package_versions(), "threads": torch.get_num_threads()})
+    s = ctx.settings_of(SUITE)
+    return digest({"oracle": ctx.oracle_key, "attacks": s.attacks, "seed": s.seed, "batch_size": s.batch_size,
+                   "code": code_version(), "packages": package_versions(), "threads": torch.get_num_threads()})
 
 
 def oracle_control(ctx: SuiteContext) -> list[Outcome]:
@@ -203,23 +218,24 @@ def summary_rows(stage: str, outs: list[Outcome], controls: list[Outcome] | None
     return rows
 
 
-def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
-    stages = ctx.setting(SUITE, "stages", DEFAULT_STAGES)
-    if not ctx.setting(SUITE, "attacks", {}) or (stage != "oracle" and stage not in stages) or not stages:
-        return []
+def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
+    s = ctx.settings_of(SUITE)
+    if not s.attacks or (stage != ORACLE and stage not in s.stages) or not s.stages:
+        return SuiteOutput()
     controls: list[Outcome] = ctx.reference((SUITE, "oracle_attacked"), lambda: oracle_control(ctx))
-    rows: list[Row] = []
+    out = SuiteOutput()
     emitted = ctx.reference((SUITE, "oracle_rows_emitted"), lambda: [False])
     if not emitted[0]:  # the control's rows, once per run, whichever stage asks first
         emitted[0] = True
         for c in controls:
-            rows += outcome_rows("oracle", c, None)
-            ctx.examples.extend(outcome_examples("oracle", c))
-        rows += summary_rows("oracle", controls, None)
-    if stage == "oracle":
-        return rows
+            out.rows += outcome_rows(ORACLE, c, None)
+            out.examples += outcome_examples(ORACLE, c)
+        out.rows += summary_rows(ORACLE, controls, None)
+    if stage == ORACLE:
+        return out
     outs = attack_all(model, ctx)
-    for out, control in zip(outs, controls, strict=True):
-        rows += outcome_rows(stage, out, control)
-        ctx.examples.extend(outcome_examples(stage, out))
-    return rows + summary_rows(stage, outs, controls)
+    for attacked, control in zip(outs, controls, strict=True):
+        out.rows += outcome_rows(stage, attacked, control)
+        out.examples += outcome_examples(stage, attacked)
+    out.rows += summary_rows(stage, outs, controls)
+    return out

@@ -40,17 +40,20 @@ import math
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from bench.benchmark import Benchmark
 from bench.disk_cache import digest, directory
-from bench.errors import UserError
-from bench.suites import Row, SuiteContext
+from bench.errors import ConfigError
+from bench.scoring import eval_mode
+from bench.settings import SettingsError, bounded
+from bench.stages import ORACLE
+from bench.suites import Row, SuiteContext, SuiteOutput
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +62,13 @@ SPLIT = "utility"
 LOCAL_TASKS = ("general_mcq", "heldout_ppl")
 
 
-class UtilityConfigError(UserError):
-    """A bad ``suite_settings.utility`` value; the message names the key and the fix."""
+class UtilityConfigError(ConfigError):
+    """A ``suite_settings.utility`` value that does not fit the benchmark or lm-eval; names the key and the fix."""
 
 
 @dataclass(frozen=True)
-class UtilitySettings:
-    """``suite_settings.utility`` (conf/config.yaml documents the same defaults).
+class Settings:
+    """``suite_settings.utility`` (these are the defaults).
 
     tasks: local tasks (``general_mcq``, ``heldout_ppl``) and/or stock lm-eval task or group names.
     limit: per task, an int = the first N documents, a float in (0, 1) = that fraction, null = all.
@@ -77,14 +80,23 @@ class UtilitySettings:
     log_samples: per-document results into examples.jsonl.
     """
 
-    tasks: tuple[str, ...] = LOCAL_TASKS
+    tasks: tuple[str, ...] = bounded(LOCAL_TASKS, nonempty=True, unique=True)
     limit: int | float | None = None
-    bootstrap_iters: int = 0
-    batch_size: int = 32
-    num_fewshot: int | None = None
-    max_length: int | None = None
-    bos: str = "harness"
+    bootstrap_iters: int = bounded(0, ge=0)
+    batch_size: int = bounded(32, ge=1)
+    num_fewshot: int | None = bounded(None, ge=0)
+    max_length: int | None = bounded(None, ge=1)
+    bos: Literal["harness", "lm_eval"] = "harness"
     log_samples: bool = True
+
+    def __post_init__(self) -> None:
+        limit = self.limit
+        if limit is not None and not ((_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit < 1)):
+            raise SettingsError(f"suite_settings.utility.limit must be null, an integer >= 1 (documents per task) "
+                                f"or a fraction in (0, 1); got {limit!r}")
+        if not all(self.tasks):
+            raise SettingsError(f"suite_settings.utility.tasks must name tasks, e.g. [{', '.join(LOCAL_TASKS)}] or "
+                                f"[mmlu,arc_easy]; got {list(self.tasks)!r}")
 
     @property
     def local(self) -> list[str]:
@@ -99,50 +111,8 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def parse_settings(raw: dict[str, Any] | None) -> UtilitySettings:
-    """Typed settings from the config block; every bad value raises with the key and the fix."""
-    raw = dict(raw or {})
-    names = [f.name for f in fields(UtilitySettings)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise UtilityConfigError(f"suite_settings.utility: unknown key(s) {unknown}; allowed keys: {names}")
-    out = asdict(UtilitySettings())
-    out.update(raw)
-    tasks = out["tasks"]
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    if not isinstance(tasks, (list, tuple)) or not tasks or not all(isinstance(t, str) and t for t in tasks):
-        raise UtilityConfigError(f"suite_settings.utility.tasks must be a non-empty list of task names, e.g. "
-                                 f"[{', '.join(LOCAL_TASKS)}] or [mmlu,arc_easy]; got {tasks!r}")
-    if len(set(tasks)) != len(tasks):
-        raise UtilityConfigError(f"suite_settings.utility.tasks lists a task twice: {tasks!r}")
-    out["tasks"] = tuple(tasks)
-    limit = out["limit"]
-    if limit is not None:
-        ok = (_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit < 1)
-        if not ok:
-            raise UtilityConfigError(f"suite_settings.utility.limit must be null, an integer >= 1 (documents per task) "
-                                     f"or a fraction in (0, 1); got {limit!r}")
-    if not _is_int(out["bootstrap_iters"]) or out["bootstrap_iters"] < 0:
-        raise UtilityConfigError(f"suite_settings.utility.bootstrap_iters must be an integer >= 0 (0: no stderr); "
-                                 f"got {out['bootstrap_iters']!r}")
-    if not _is_int(out["batch_size"]) or out["batch_size"] < 1:
-        raise UtilityConfigError(f"suite_settings.utility.batch_size must be an integer >= 1; got {out['batch_size']!r}")
-    for key in ("num_fewshot", "max_length"):
-        v, low = out[key], 0 if key == "num_fewshot" else 1
-        if v is not None and (not _is_int(v) or v < low):
-            raise UtilityConfigError(f"suite_settings.utility.{key} must be null or an integer >= {low}; got {v!r}")
-    if out["bos"] not in ("harness", "lm_eval"):
-        raise UtilityConfigError(f"suite_settings.utility.bos must be 'harness' (BOS as the harness adds it) or "
-                                 f"'lm_eval' (lm-eval's own encoding); got {out['bos']!r}")
-    if not isinstance(out["log_samples"], bool):
-        raise UtilityConfigError(f"suite_settings.utility.log_samples must be true or false; got {out['log_samples']!r}")
-    return UtilitySettings(**out)
-
-
-def validate(settings: dict[str, Any], bench: Benchmark) -> None:
-    """Checks before compute: types, that local tasks have data, that stock task names exist."""
-    s = parse_settings(settings)
+def check(s: Settings, bench: Benchmark) -> None:
+    """Checks before compute: that local tasks have data, that stock task names exist."""
     if "general_mcq" in s.tasks and not bench.split("general"):
         raise UtilityConfigError("utility task general_mcq needs items in the benchmark's 'general' split, and it has "
                                  "none; drop it from suite_settings.utility.tasks (or use a benchmark with general facts)")
@@ -233,7 +203,7 @@ def _task_dir(ctx: SuiteContext) -> Path:
 
 # -- lm-eval model wrapper --------------------------------------------------------------------
 
-def harness_lm(model: torch.nn.Module, tokenizer, s: UtilitySettings):
+def harness_lm(model: torch.nn.Module, tokenizer, s: Settings):
     """HFLM around the live model; with ``bos: harness`` it encodes as bench.data does."""
     from lm_eval.models.huggingface import HFLM
 
@@ -260,7 +230,7 @@ def harness_lm(model: torch.nn.Module, tokenizer, s: UtilitySettings):
 
 # -- evaluation -------------------------------------------------------------------------------
 
-def run_lm_eval(model: torch.nn.Module, ctx: SuiteContext, s: UtilitySettings) -> dict[str, Any]:
+def run_lm_eval(model: torch.nn.Module, ctx: SuiteContext, s: Settings) -> dict[str, Any]:
     """lm-eval's ``simple_evaluate`` on the live model; global RNG state is left as it was.
 
     lm-eval seeds python, numpy and torch globally (for reproducible few-shot sampling); the
@@ -276,16 +246,15 @@ def run_lm_eval(model: torch.nn.Module, ctx: SuiteContext, s: UtilitySettings) -
     lm = harness_lm(model, ctx.tokenizer, s)
     chat = bool(getattr(ctx.tokenizer, "chat_template", None))  # as the harness formats prompts (bench.data)
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    was_training = model.training
     try:
-        results = simple_evaluate(model=lm, tasks=list(s.tasks), task_manager=tm, limit=s.limit,
-                                  bootstrap_iters=s.bootstrap_iters, num_fewshot=s.num_fewshot,
-                                  log_samples=s.log_samples, apply_chat_template=chat)
+        with eval_mode(model):
+            results = simple_evaluate(model=lm, tasks=list(s.tasks), task_manager=tm, limit=s.limit,
+                                      bootstrap_iters=s.bootstrap_iters, num_fewshot=s.num_fewshot,
+                                      log_samples=s.log_samples, apply_chat_template=chat)
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
-        model.train(was_training)
     if results is None:
         raise RuntimeError("lm_eval.simple_evaluate returned nothing (non-zero rank?); the utility suite runs in one process")
     return results
@@ -347,14 +316,13 @@ def sample_examples(results: dict[str, Any], stage: str) -> list[dict[str, Any]]
     return out
 
 
-def evaluate(model, stage: str, ctx: SuiteContext) -> list[Row]:
-    s = parse_settings(ctx.settings.get(SUITE))
+def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
+    s = ctx.settings_of(SUITE)
     start = time.perf_counter()
-    if stage == "oracle":
+    if stage == ORACLE:
         results = ctx.reference((SUITE, "oracle"), lambda: run_lm_eval(ctx.oracle, ctx, s))
     else:
         results = run_lm_eval(model, ctx, s)
-    ctx.examples.extend(sample_examples(results, stage))
     rows = result_rows(results, stage, s.tasks)
     log.info("utility %s: %s in %.1fs", stage, ", ".join(f"{r.metric}={r.value:.4g}" for r in rows), time.perf_counter() - start)
-    return rows
+    return SuiteOutput(rows, sample_examples(results, stage))

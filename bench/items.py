@@ -1,4 +1,5 @@
-"""Per-item scoring shared by the knowledge and privacy suites and the stopping rule."""
+"""Per-item scoring of QA items: shared by the knowledge, privacy and continual scores, the relearning
+attacks and the stopping rule (a public module: every layer may import it)."""
 
 from __future__ import annotations
 
