@@ -67,6 +67,15 @@ class UnlearnBatch:
     retain: Batch
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What a method may need to know about the model before it is loaded: residual width and
+    number of decoder blocks (from ``model.arch``, or the pretrained model's config)."""
+
+    hidden_size: int
+    num_layers: int
+
+
 class Method(ABC):
     """Anything that turns a trained model into an unlearned one."""
 
@@ -74,9 +83,9 @@ class Method(ABC):
     def unlearn(self, model: torch.nn.Module, data: UnlearnData, ctx: UnlearnContext) -> tuple[torch.nn.Module, TrainResult]:
         ...
 
-    def check_plan(self, n_requests: int, hidden_size: int | None) -> None:
-        """Raise before any compute if this method cannot run ``n_requests`` sequential requests on a
-        model of width ``hidden_size`` (None: not known before loading). Default: any plan works."""
+    def check_plan(self, n_requests: int, shape: ModelShape) -> None:
+        """Raise (ValueError naming the ``method.<key>`` and the fix) before any compute if this method
+        cannot run ``n_requests`` sequential requests on a model of this shape. Default: any plan works."""
 
 
 def paired_batches(data: UnlearnData, ctx: UnlearnContext) -> Iterator[UnlearnBatch]:

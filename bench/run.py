@@ -31,14 +31,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from transformers import AutoConfig
+from transformers import AutoConfig, LlamaConfig
 
 from bench import stages
 from bench.benchmark import Benchmark, QAItem
 from bench.continual import evaluate_request, split_requests
 from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
-from bench.method import Method, UnlearnContext, UnlearnData
+from bench.method import Method, ModelShape, UnlearnContext, UnlearnData
 from bench.models import ModelConfigError, obtain_model, pretrained_source, resolve_device, validate_model_spec
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block
@@ -174,18 +174,21 @@ class Run:
         self.model_spec = dict(s.model)
         check_model_block(self.model_spec)
         validate_model_spec(self.model_spec)
-        arch = self.model_spec.get("arch") or {}
-        fresh = not (self.model_spec.get("pretrained") or self.model_spec.get("gguf"))
-        try:
-            self.method.check_plan(self.n_requests, arch.get("hidden_size") if fresh else None)
-        except ValueError as e:
-            raise ConfigError(f"method: {e}") from None
+        if not (self.model_spec.get("pretrained") or self.model_spec.get("gguf")):  # a fresh model: shape known now
+            arch = LlamaConfig(**self.model_spec["arch"])
+            self.check_plan(ModelShape(arch.hidden_size, arch.num_hidden_layers))
         self.suite_settings = validate_settings([*self.suites, *self.request_suites], s.suite_settings, self.bench)
         self.cfg_hash, self.code = config_hash(self.resolved), code_version()
         self.rows: list[Row] = []
         self.examples: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.reused_stages: list[str] = []
+
+    def check_plan(self, shape: ModelShape) -> None:
+        try:
+            self.method.check_plan(self.n_requests, shape)
+        except ValueError as e:
+            raise ConfigError(f"method: {e}") from None
 
     # -- phases -------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
@@ -218,9 +221,12 @@ class Run:
         self.source = pretrained_source(self.model_spec, self.settings.cache_dir)  # a GGUF model is converted once (cached)
         try:
             self.tokenizer = load_model_tokenizer(self.model_spec, self.source)
-            if self.source and not Path(self.source).is_dir():  # a hub name: its config must be reachable too
-                AutoConfig.from_pretrained(self.source, revision=self.model_spec.get("revision"),
-                                           trust_remote_code=bool(self.model_spec.get("trust_remote_code", False)))
+            if self.source:  # a pretrained model: its shape comes from its config (cheap, no weights)
+                local = Path(self.source).is_dir()
+                config = AutoConfig.from_pretrained(self.source, local_files_only=local,
+                                                    revision=None if local else self.model_spec.get("revision"),
+                                                    trust_remote_code=bool(self.model_spec.get("trust_remote_code", False)))
+                self.check_plan(ModelShape(int(config.hidden_size), int(config.num_hidden_layers)))
         except OSError as e:
             name = self.model_spec.get("tokenizer") or self.source
             key = "model.tokenizer" if self.model_spec.get("tokenizer") else "model.pretrained"

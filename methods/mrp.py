@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from bench.data import IGNORE, batches_in_order, pad_id
-from bench.method import LossMethod, UnlearnBatch, UnlearnContext, UnlearnData
+from bench.method import LossMethod, ModelShape, UnlearnBatch, UnlearnContext, UnlearnData
 from bench.scoring import eval_mode, mean_nll
 from bench.train import TrainConfig, TrainResult
 
@@ -341,12 +341,18 @@ class MRP(LossMethod):
     epochs: float | None = None
     init_info: dict = field(default_factory=dict, init=False, repr=False)
 
-    def check_plan(self, n_requests: int, hidden_size: int | None) -> None:
-        """The projector's rank grows by k per request: it must stay below d or nothing is left."""
-        if hidden_size is not None and self.k * n_requests >= hidden_size:
-            raise ValueError(f"MRP: k={self.k} directions x {n_requests} requests = {self.k * n_requests} >= d = {hidden_size}: "
+    def check_plan(self, n_requests: int, shape: ModelShape) -> None:
+        """The chosen blocks must exist, and the projector's rank grows by k per request: it must stay
+        below d or nothing is left."""
+        missing = [i for i in self.layers if not 0 <= i < shape.num_layers]
+        if missing:
+            raise ValueError(f"MRP: method.layers={self.layers} names block(s) {missing}, but the model has "
+                             f"{shape.num_layers} decoder blocks; use indices in 0..{shape.num_layers - 1}")
+        d = shape.hidden_size
+        if self.k * n_requests >= d:
+            raise ValueError(f"MRP: k={self.k} directions x {n_requests} requests = {self.k * n_requests} >= d = {d}: "
                              f"the projection would remove the whole residual stream; use method.k <= "
-                             f"{max(1, (hidden_size - 1) // n_requests)} (e.g. method.k=8 for continual runs on the tiny model)")
+                             f"{max(1, (d - 1) // n_requests)} (e.g. method.k=8 for continual runs on the tiny model)")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # lr > 0, optimizer

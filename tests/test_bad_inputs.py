@@ -35,6 +35,7 @@ BAD = [
     (["+method.alpah=1", "method=graddiff"], ["method.alpah", "did you mean 'alpha'"]),
     (["method=npo", "method.beta=0"], ["beta must be positive"]),
     (["method=mrp", "method.k=40"], ["method.k <="]),
+    (["method=mrp", "method.layers=[5]"], ["method.layers=[5]", "0..0"]),
     (["unlearn.max_steps=0"], ["unlearn.max_steps", ">= 1"]),
     (["unlearn.stop_at=often"], ["unlearn.stop_at", "'oracle'"]),
     (["unlearn.stop_at=2"], ["unlearn.stop_at", "[0, 1]"]),
