@@ -302,7 +302,7 @@ def score_facts(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], bat
     k = len(items[0].options)
     ps = prompts(bench, items, "question")
     scores = score_answers(model, tokenizer, [p for p in ps for _ in range(k)], [o for it in items for o in it.options], batch_size)
-    mcq = forced_choice(scores.sum_logprob.reshape(len(items), k), items)
+    mcq = forced_choice(scores.option_logprob.reshape(len(items), k), items)
     gold = np.array([it.answer_index for it in items])
     em = scores.exact.reshape(len(items), k)[np.arange(len(items)), gold]
     return np.asarray(mcq, bool), np.asarray(em, bool)

@@ -44,7 +44,8 @@ def prompts(bench: Benchmark, items: Sequence[QAItem], phrasing: str) -> list[st
 
 
 def forced_choice(option_logprobs: np.ndarray, items: Sequence[QAItem]) -> np.ndarray:
-    """Forced choice from summed option log-probs [items, k]: the best option wins, ties count wrong."""
+    """Forced choice from summed option log-probs [items, k] (answer tokens, end token excluded:
+    ``AnswerScores.option_logprob``): the best option wins, ties count wrong."""
     gold = np.array([it.answer_index for it in items])
     best = option_logprobs.max(axis=1)
     unique_best = (option_logprobs == best[:, None]).sum(axis=1) == 1
@@ -52,11 +53,12 @@ def forced_choice(option_logprobs: np.ndarray, items: Sequence[QAItem]) -> np.nd
 
 
 def mcq_correct(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], phrasing: str = "question", batch_size: int = 64) -> np.ndarray:
-    """Forced choice: the option with the highest answer log-probability wins (ties count wrong)."""
+    """Forced choice: the option whose answer tokens (end token excluded) have the highest summed
+    log-probability wins (ties count wrong)."""
     ps = prompts(bench, items, phrasing)
     k = len(items[0].options)
     flat = score_answers(model, tokenizer, [p for p in ps for _ in range(k)],
-                         [o for it in items for o in it.options], batch_size).sum_logprob.reshape(len(items), k)
+                         [o for it in items for o in it.options], batch_size).option_logprob.reshape(len(items), k)
     return forced_choice(flat, items)
 
 
@@ -93,7 +95,8 @@ def score_items(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], phr
         return scores
     pert_by_item = [scored.mean_logprob[[pairs[(p, a)] for a in it.perturbed]] for p, it in zip(ps, items)]
     true_side = scored.mean_logprob[[pairs[(p, it.paraphrased_answer or it.answer)] for p, it in zip(ps, items)]]
-    options = np.array([[scored.sum_logprob[pairs[(p, o)]] for o in it.options] for p, it in zip(ps, items)])
+    option_lp = scored.option_logprob
+    options = np.array([[option_lp[pairs[(p, o)]] for o in it.options] for p, it in zip(ps, items)])
     scores.mcq_correct = forced_choice(options, items)
     scores.truth_ratio = truth_ratio(true_side, pert_by_item)
     scores.prob_normalised = prob_normalised(gold_mean, pert_by_item)

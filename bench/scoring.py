@@ -91,6 +91,14 @@ class AnswerScores:
         """
         return [lp[:-1] for lp in self.token_logprobs]
 
+    @property
+    def option_logprob(self) -> np.ndarray:
+        """Summed log-prob of the answer tokens without the end token: the forced-choice score of an
+        option (as lm-eval scores multiple choice). With the end token, a method could pass the
+        stopping rule by making the end token after the gold option unlikely (GradDiff and NPO
+        lower it by ~1 nat on the default world; bench/perf/end_token_check.py)."""
+        return np.array([lp.sum(dtype=np.float64) for lp in self.answer_logprobs])
+
 
 @torch.no_grad()
 def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> AnswerScores:

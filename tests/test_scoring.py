@@ -62,8 +62,10 @@ def test_mcq_picks_highest_option(trained_micro, micro_bench, tokenizer):
     correct = mcq_correct(trained_micro, tokenizer, micro_bench, items)
     for it, c in zip(items, correct):
         p = micro_bench.prompt(it.question)
-        lp = score_answers(trained_micro, tokenizer, [p] * len(it.options), list(it.options)).sum_logprob
+        s = score_answers(trained_micro, tokenizer, [p] * len(it.options), list(it.options))
+        lp = np.array([t[:-1].sum() for t in s.token_logprobs])  # answer tokens, the end token left out
         assert c == (int(np.argmax(lp)) == it.answer_index)
+        assert s.option_logprob == pytest.approx(s.sum_logprob - np.array([t[-1] for t in s.token_logprobs]), abs=1e-4)
 
 
 def test_answer_logprobs_drop_only_the_end_token(fresh_micro, micro_bench, tokenizer):
