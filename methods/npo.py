@@ -3,7 +3,8 @@
 L = (2/β)·mean_f log(1 + exp(β·(log π_θ(y|x) − log π_ref(y|x)))) + α·NLL_r.
 
 π_ref is the model before unlearning. Its log-probabilities on the forget examples never
-change, so they are computed once in ``prepare`` instead of keeping a second model in memory.
+change, so they are computed once in ``prepare`` (``bench.reference``) instead of keeping a second
+model in memory.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.data import batches_in_order, pad_id
+from bench.data import pad_id
 from bench.method import LossMethod
-from bench.scoring import eval_mode, mean_nll, sequence_logprob
+from bench.reference import reference_logprobs
+from bench.scoring import mean_nll, sequence_logprob
 
 
 @dataclass
@@ -34,13 +36,9 @@ class NPO(LossMethod):
         if self.alpha < 0:
             raise ValueError(f"NPO: alpha must be >= 0, got {self.alpha}")
 
-    @torch.no_grad()
     def prepare(self, model, data, ctx):
-        examples = data.examples("forget")
-        with eval_mode(model):
-            parts = [sequence_logprob(model, b.to(ctx.device))[0] for b in batches_in_order(examples, 64, pad_id(data.tokenizer))]
         # Indexed by example position: forget batches carry those positions in ``index``.
-        self._ref_logprob = torch.cat(parts).detach()
+        self._ref_logprob = reference_logprobs(model, data.examples("forget"), pad_id(data.tokenizer))
 
     def loss(self, model, batch):
         if self._ref_logprob is None:
