@@ -25,6 +25,9 @@ from bench.suites import Row, SuiteContext, SuiteOutput, evaluate_suites
 
 SUITE = "continual"
 
+# Which way is better (bench.directions): forget scores on earlier requests.
+DIRECTIONS = [(r".*", r"(em|mcq_acc|answer_prob)@.*", "knows")]
+
 
 def split_requests(bench: Benchmark, n: int) -> list[list[QAItem]]:
     """The forget items in ``n`` requests of whole people (earlier requests get the extra person)."""

@@ -49,6 +49,7 @@ from bench.stage_cache import cached_stage, stage_identity
 from bench.suites import Row, SuiteContext, evaluate_suites, suite_module, validate_settings
 from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
+from bench.unlearning import unlearn_rows
 
 log = logging.getLogger("bench.run")
 
@@ -370,15 +371,6 @@ class Run:
     def clock(self, name: str, start: float) -> None:
         self.timings[name] = round(time.perf_counter() - start, 3)
         log.info("stage %-10s done in %6.1fs", name, self.timings[name])
-
-
-def unlearn_rows(stage: str, result: TrainResult, reached: bool | None, n: int) -> list[Row]:
-    rows = [Row(stage, "unlearn", "forget", "steps", result.steps, n),
-            Row(stage, "unlearn", "forget", "wall_s", result.wall_s, n),
-            Row(stage, "unlearn", "forget", "diverged", float(result.diverged), n)]
-    if reached is not None:
-        rows.append(Row(stage, "unlearn", "forget", "reached_target", float(reached), n))
-    return rows
 
 
 def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any]:

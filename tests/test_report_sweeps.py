@@ -285,3 +285,19 @@ def test_callback_baseline_composes_in_hydra_and_writes_the_paired_table(tmp_pat
     bad.on_multirun_end(config)
     out = capsys.readouterr().out
     assert (sweep / "table.md").exists() and "bench.report: error: --baseline 'nope' names no row" in out
+
+
+def test_directions_are_declared_by_the_modules_that_make_the_rows():
+    from bench import directions
+    from bench.suites import available_suites, suite_module
+
+    for name in available_suites():
+        assert getattr(suite_module(name), "DIRECTIONS", None), f"suite {name} declares no DIRECTIONS"
+    assert directions.direction("knowledge", "forget", "em") == "lower"
+    assert directions.direction("knowledge", "retain", "em") == "higher"
+    assert directions.direction("privacy", "forget", "privleak") == "zero"
+    assert directions.direction("privacy", "forget", "mia_auc") == "half"
+    assert directions.direction("unlearn", "forget", "steps") == "lower"
+    assert directions.direction("continual", "forget", "mcq_acc@request2") == "lower"
+    assert directions.direction("nosuchsuite", "forget", "x") is None
+    assert directions.is_integer("unlearn", "steps") and not directions.is_integer("unlearn", "wall_s")

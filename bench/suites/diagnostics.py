@@ -60,6 +60,12 @@ from bench.settings import bounded
 from bench.suites import Row, SuiteContext, SuiteOutput
 
 SUITE = "diagnostics"
+
+# Which way is better (bench.directions): hiding shows as hide_ratio >> 1.
+DIRECTIONS = [
+    (r".*", r"hide_ratio.*", "lower"),
+    (r".*", r"logit_lens_acc@.*", "knows"),
+]
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 OBJECTIVES = {"prob": "", "logprob": "_logp", "choice": "_choice"}  # attribution objective -> metric-name suffix
 log = logging.getLogger(__name__)

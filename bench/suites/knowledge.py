@@ -35,6 +35,15 @@ from bench.suites import Row, SuiteContext, SuiteOutput
 
 SUITE = "knowledge"
 
+# Which way is better, per (split pattern, metric pattern); read by bench.directions (the report's ranking).
+# "knows": lower on a forget-side split, higher elsewhere.
+DIRECTIONS = [
+    (r".*", r"forget_quality", "higher"),  # KS p-value against the oracle
+    (r".*", r"model_utility", "higher"),
+    (r".*", r"truth_ratio", "higher"),  # forget side mean min(R, 1/R): 1 = indifferent; elsewhere mean max(0, 1 - R)
+    (r".*", r"em|mcq_acc|answer_prob|answer_prob_normalised|rougeL_recall", "knows"),
+]
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -25,6 +25,13 @@ from bench.suites import Row, SuiteContext, SuiteOutput
 
 SUITE = "privacy"
 
+# Which way is better (bench.directions): the forget split should look like unseen data.
+DIRECTIONS = [
+    (r"forget", r"mia_auc", "half"),
+    (r"forget", r"privleak", "zero"),
+    (r".*", r"mia_auc", None),  # retain vs holdout: shows the attack works
+]
+
 
 @dataclass(frozen=True)
 class Settings:

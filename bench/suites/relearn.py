@@ -59,6 +59,15 @@ from bench.suites import Row, SuiteContext, SuiteOutput
 
 
 SUITE = "relearn"
+
+# Which way is better (bench.directions): how much comes back after an attack.
+DIRECTIONS = [
+    (r".*", r"attack_lr@.*", None),
+    (r".*", r"recovery(@.*)?", "lower"),
+    (r"forget_heldout", r"(mcq_acc|em)(@.*)?", "lower"),
+    (r".*", r"(mcq_acc|em)(@.*)?", None),  # trained facts: did the attack learn what it saw?
+    (r".*", r"wall_s|diverged", None),
+]
 SPLIT = "forget_heldout"
 METRICS = ("mcq_acc", "em")
 log = logging.getLogger(__name__)

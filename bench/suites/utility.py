@@ -58,6 +58,13 @@ from bench.suites import Row, SuiteContext, SuiteOutput
 log = logging.getLogger(__name__)
 
 SUITE = "utility"
+
+# Which way is better (bench.directions): lm-eval's <task>/<metric> names.
+DIRECTIONS = [
+    (r".*", r".*_stderr.*", None),
+    (r".*", r".*(perplexity|bits_per_byte|ppl).*", "lower"),
+    (r".*", r".*", "higher"),
+]
 SPLIT = "utility"
 LOCAL_TASKS = ("general_mcq", "heldout_ppl")
 
