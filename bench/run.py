@@ -46,7 +46,7 @@ from bench.settings import did_you_mean, parse_arguments, parse_settings
 from bench.scoring import score_answers
 from bench.items import mcq_correct, prompts
 from bench.stage_cache import cached_stage, stage_identity
-from bench.suites import Row, SuiteContext, evaluate_suites, suite_module, validate_settings
+from bench.suites import Row, SuiteContext, evaluate_suites, validate_settings
 from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
 from bench.unlearning import unlearn_rows
@@ -112,7 +112,7 @@ class StopRule:
 
     ``rule``: auto | oracle | chance | fixed | a number as given. For ``oracle`` the target is
     the oracle's forget mcq_acc on the items being unlearned plus the margin, known once the
-    oracle is trained (``for_items``)."""
+    oracle is trained (``target_for``)."""
 
     rule: str
     margin: float
@@ -161,8 +161,6 @@ class Run:
         self.settings = RunConfig.parse(self.resolved)
         s = self.settings
         self.suites = list(dict.fromkeys(s.suites))
-        for name in self.suites:
-            suite_module(name)  # an unknown suite lists the available ones
         self.method = build_method(s.method)  # checked here; every unlearning call gets a fresh instance
         self.bench = build_benchmark(s.benchmark)
         self.stop = StopRule.from_settings(s.unlearn, self.bench)
