@@ -592,7 +592,8 @@ def paired_table(df: pd.DataFrame, baseline: str, t: Table | None = None) -> Pai
                 cells[c.label] = f"{_signed(p.diff)} (1 pair)"
             else:
                 star = "ʷ" if p.test == "wilcoxon" else ""
-                cells[c.label] = f"{_signed(p.diff)} [{_signed(p.lo)}, {_signed(p.hi)}] p={p.p:.3g}{star}"
+                shown = "n/a" if math.isnan(p.p) else f"{p.p:.3g}"  # n/a: a constant difference (no spread)
+                cells[c.label] = f"{_signed(p.diff)} [{_signed(p.lo)}, {_signed(p.hi)}] p={shown}{star}"
         text_rows[f"{label} {info.mark}".rstrip()] = {"vs": base, "pairs": _pairs_count(seeds, label, base), **cells}
     text = pd.DataFrame.from_dict(text_rows, orient="index").fillna("")
     text.index.name = "row"

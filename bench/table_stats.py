@@ -65,10 +65,14 @@ def paired(row: pd.Series, base: pd.Series) -> Paired:
     mean, half = ci95(a - b)
     if n < 2:
         return Paired(n, mean, nan, nan, nan, nan)
-    same = bool(np.allclose(a - b, 0.0))
+    d = a - b
+    same = bool(np.allclose(d, 0.0))
+    constant = bool(np.allclose(d, d[0]))  # every pair differs by the same amount: no spread to test against
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p_t = 1.0 if same else float(stats.ttest_rel(a, b).pvalue)
+        # Identical runs: no difference (p = 1). A constant non-zero difference has no variance, so the
+        # t statistic is infinite and its p-value (0) means nothing: NaN, shown as "p=n/a".
+        p_t = 1.0 if same else nan if constant else float(stats.ttest_rel(a, b).pvalue)
         p_w = nan
         if n >= WILCOXON_MIN_PAIRS:
             p_w = 1.0 if same else float(stats.wilcoxon(a, b).pvalue)

@@ -301,3 +301,18 @@ def test_directions_are_declared_by_the_modules_that_make_the_rows():
     assert directions.direction("continual", "forget", "mcq_acc@request2") == "lower"
     assert directions.direction("nosuchsuite", "forget", "x") is None
     assert directions.is_integer("unlearn", "steps") and not directions.is_integer("unlearn", "wall_s")
+
+
+def test_paired_constant_difference_has_no_p_value():
+    import math
+
+    import pandas as pd
+
+    from bench.table_stats import paired
+
+    p = paired(pd.Series([0.5, 0.6, 0.7]), pd.Series([0.4, 0.5, 0.6]))  # every seed +0.1: no spread
+    assert p.diff == pytest.approx(0.1) and math.isnan(p.p_t)
+    same = paired(pd.Series([0.5, 0.6, 0.7]), pd.Series([0.5, 0.6, 0.7]))
+    assert same.diff == 0 and same.p_t == 1.0
+    varied = paired(pd.Series([0.5, 0.7, 0.6]), pd.Series([0.4, 0.5, 0.6]))
+    assert 0 < varied.p_t < 1
