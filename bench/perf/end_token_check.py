@@ -35,9 +35,10 @@ from omegaconf import OmegaConf
 
 from bench.method import UnlearnContext, UnlearnData
 from bench.models import obtain_model, pretrained_source, resolve_device
-from bench.run import stop_target
-from bench.scoring import score_answers
+from bench.run import StopRule, resolve
+from bench.run_config import RunConfig
 from bench.items import forced_choice, prompts
+from bench.scoring import score_answers
 from bench.tokenizer import load_model_tokenizer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -86,7 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(spec.get("device", "auto"))
     target, _ = obtain_model("target", spec, bench, tokenizer, cfg.cache_dir, cfg.seed, source)
     forget, retain = bench.split("forget"), bench.split("retain")
-    goal = stop_target(cfg, bench)
+    rule = StopRule.from_settings(RunConfig.parse(resolve(cfg)).unlearn, bench)
+    oracle_mcq = None
+    if rule.rule == "oracle":
+        oracle, _ = obtain_model("oracle", spec, bench, tokenizer, cfg.cache_dir, cfg.seed, source)
+        oracle_mcq = summary(oracle, tokenizer, bench, forget)["mcq_answer_only"]
+    goal = rule.target_for(oracle_mcq)
+    if goal is None:
+        raise SystemExit("end_token_check needs a stopping target: unlearn.stop_at=auto, oracle, chance or a number")
     print(f"benchmark {bench.name}: {len(forget)} forget, {len(retain)} retain items, chance {bench.chance:.3f}, "
           f"stop at forget mcq <= {goal:.3f}")
     print(f"target  forget: {fmt(summary(target, tokenizer, bench, forget))}")
