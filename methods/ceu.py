@@ -15,6 +15,10 @@ ignore_first: the first labelled answer tokens of each row dropped from the loss
 the synthetic world every answer is one token plus the end token, so 1 would leave only the end
 token (which forced choice does not score) and the method could never reach the forget target:
 default 0 here; set 1 for long-answer benchmarks such as TOFU.
+
+The end token is a labelled answer position (as for every loss here), so CE-U drives the end token's
+probability after the forget answers to 0, and with no retain term that spreads: on the tiny model
+retain em (which needs the end token) falls to 0 while retain forced choice stays high (0.74-0.96).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from bench.distributions import answer_logits
 
 @dataclass
 class CEU(LossMethod):
-    """lr: peak learning rate. ignore_first: leading answer tokens per row left out of the loss
+    """lr: peak learning rate (tiny model, measured on the default world, seed 0: 1e-4 stops at forget
+    mcq 0.69 after 300 steps; 1e-3 reaches the target in 35 steps, and both drive retain em to 0, see
+    the module docstring). ignore_first: leading answer tokens per row left out of the loss
     (≥ 0; OpenUnlearning 1, here 0: single-token answers; see the module docstring)."""
 
-    lr: float = 1e-4
+    lr: float = 1e-3
     ignore_first: int = 0
 
     def __post_init__(self) -> None:

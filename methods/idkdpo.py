@@ -65,11 +65,17 @@ def refusal_examples(tokenizer, examples: Sequence[tuple[list[int], list[int]]],
 
 @dataclass
 class IdkDPO(RetainTerm, LossMethod):
-    """lr: peak learning rate. beta: DPO inverse temperature β (> 0; OpenUnlearning 0.1).
-    alpha: retain weight (≥ 0). retain_loss: ``nll`` (default) or ``kl``."""
+    """lr: peak learning rate. beta: DPO inverse temperature β (> 0). alpha: retain weight (≥ 0).
+    retain_loss: ``nll`` (default) or ``kl``.
 
-    lr: float = 1e-4
-    beta: float = 0.1
+    Defaults for the tiny model (default world, seed 0, measured): OpenUnlearning's β = 0.1 does not
+    reach the forget target in 300 steps (lr 1e-4: forget mcq 1.00; lr 1e-3: 0.92): the refusals'
+    log-probabilities (9-16 byte-level tokens) rise by tens of nats, the sigmoid saturates and the
+    forget answer barely moves. β = 0.01 keeps the margin in the sigmoid's linear range longer:
+    with lr 1e-3 it reaches the target in 30 steps (retain em 0.79)."""
+
+    lr: float = 1e-3
+    beta: float = 0.01
     alpha: float = 1.0
     _refusals: list[tuple[list[int], list[int]]] | None = field(default=None, init=False, repr=False)
     _ref_forget: torch.Tensor | None = field(default=None, init=False, repr=False)
