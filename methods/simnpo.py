@@ -28,12 +28,17 @@ from bench.scoring import sequence_logprob
 
 @dataclass
 class SimNPO(RetainTerm, LossMethod):
-    """lr: peak learning rate. beta: inverse temperature β (> 0; OpenUnlearning's TOFU default 4.5).
+    """lr: peak learning rate. beta: inverse temperature β (> 0). Defaults for the tiny model (default
+    world, seed 0, measured): OpenUnlearning's β = 4.5 saturates (the forget term's weight σ(−β·ℓ̄)
+    vanishes once the mean NLL is ~1 nat, before forced choice moves): lr 1e-4 / 1e-3 stop at forget
+    mcq 0.90 / 0.77 after 300 steps; β = 1: lr 1e-4 0.46, 3e-4 0.35, 1e-3 reaches it in 80 steps
+    (retain em 0.99, general em 0.83); β = 0.5, lr 3e-4 reaches it in 100 steps (retain em 0.995,
+    general em 0.90).
     gamma: reward margin γ of the paper (≥ 0; OpenUnlearning's delta = γ/β; default 0 as both).
     alpha: retain weight (≥ 0; 0: forget term only). retain_loss: ``nll`` (default) or ``kl``."""
 
-    lr: float = 1e-4
-    beta: float = 4.5
+    lr: float = 3e-4
+    beta: float = 0.5
     gamma: float = 0.0
     alpha: float = 1.0
 

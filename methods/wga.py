@@ -28,11 +28,13 @@ def weighted_ascent(logp: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
 
 @dataclass
 class WGA(RetainTerm, LossMethod):
-    """lr: peak learning rate. beta: exponent β of the per-token weight p^β (≥ 0; OpenUnlearning's
-    default 1; 0 gives GradDiff). alpha: retain weight (≥ 0). retain_loss: ``nll`` (default) or ``kl``."""
+    """lr: peak learning rate. beta: exponent β of the per-token weight p^β (≥ 0; 0 gives GradDiff).
+    Defaults for the tiny model (default world, seed 0, measured): OpenUnlearning's β = 1 misses the
+    forget target in 300 steps (lr 1e-4: forget mcq 0.77; lr 1e-3: 0.67; the weights vanish as p
+    falls); β = 0.3, lr 1e-3 reaches it in 45 steps (retain em 0.98, general em 0.75). alpha: retain weight (≥ 0). retain_loss: ``nll`` (default) or ``kl``."""
 
-    lr: float = 1e-4
-    beta: float = 1.0
+    lr: float = 1e-3
+    beta: float = 0.3
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
