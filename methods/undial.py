@@ -31,9 +31,15 @@ from bench.distributions import answer_logits
 class UNDIAL(RetainTerm, LossMethod):
     """lr: peak learning rate. gamma: how far the teacher's gold-token logit is lowered (> 0;
     OpenUnlearning's ``beta``, default 10). alpha: retain weight (≥ 0; default 0 as OpenUnlearning).
-    retain_loss: ``nll`` (default) or ``kl``."""
+    retain_loss: ``nll`` (default) or ``kl``.
 
-    lr: float = 1e-4
+    Measured on the tiny model (default world, seed 0, 300-step cap): no setting tried reaches the
+    forget target (mcq ≤ 0.30). γ = 10, α = 0: lr 1e-4 stops at forget mcq 0.75 (retain em 0.96),
+    1e-3 at 0.50 (retain em 0.91, the default here), 3e-3 at 0.46 (retain em 0.49); γ = 30, α = 0,
+    lr 1e-4: 0.73 with retain em 0 (the end-token position's gold logit is lowered too, and the
+    model stops ending answers); γ = 30, α = 1: lr 1e-3 0.50 (retain em 1.00), 3e-3 0.50."""
+
+    lr: float = 1e-3
     gamma: float = 10.0
     alpha: float = 0.0
 
