@@ -29,10 +29,16 @@ from methods.wga import weighted_ascent
 class SatImp(RetainTerm, LossMethod):
     """lr: peak learning rate. beta1: saturation exponent β₁ of p^β₁ (≥ 0; OpenUnlearning 5).
     beta2: importance exponent β₂ of (1 − p)^β₂ (≥ 0; OpenUnlearning 1). alpha: retain weight (≥ 0).
-    retain_loss: ``nll`` (default) or ``kl``."""
+    retain_loss: ``nll`` (default) or ``kl``.
 
-    lr: float = 1e-4
-    beta1: float = 5.0
+    Defaults for the tiny model (default world, seed 0, 300-step cap, forget mcq target 0.30, measured):
+    β₁ = 5, β₂ = 1, α = 1: lr 1e-4 stops at forget mcq 0.96; α = 0.1, lr 1e-3: 0.81. β₁ = 1: lr 1e-3
+    0.60 (α = 0.1: 0.40); lr 3e-3 reaches it in 195 steps (retain em 0.88, general em 0.18; α = 0.1:
+    80 steps, 0.83 / 0.15). β₁ = 0.3, lr 1e-3 reaches it in 55 steps (retain em 0.96, general em 0.78):
+    the default."""
+
+    lr: float = 1e-3
+    beta1: float = 0.3
     beta2: float = 1.0
     alpha: float = 1.0
 

@@ -37,7 +37,10 @@ class UNDIAL(RetainTerm, LossMethod):
     forget target (mcq ≤ 0.30). γ = 10, α = 0: lr 1e-4 stops at forget mcq 0.75 (retain em 0.96),
     1e-3 at 0.50 (retain em 0.91, the default here), 3e-3 at 0.46 (retain em 0.49); γ = 30, α = 0,
     lr 1e-4: 0.73 with retain em 0 (the end-token position's gold logit is lowered too, and the
-    model stops ending answers); γ = 30, α = 1: lr 1e-3 0.50 (retain em 1.00), 3e-3 0.50."""
+    model stops ending answers); γ = 30, α = 1: lr 1e-3 0.50 (retain em 1.00), 3e-3 0.50; γ = 100, α = 1,
+    lr 1e-3: 0.48. Why it stalls: the gold answer's probability does fall (em 0, answer prob ~0.002),
+    but the distractor options carry ~0 mass in both the teacher and its adjusted target, so the
+    KL hardly sees whether the gold token ends up below them, which is what forced choice asks."""
 
     lr: float = 1e-3
     gamma: float = 10.0
