@@ -1,6 +1,7 @@
 """Gradient difference (GradDiff, "GD"): ascend on forget, descend on retain.
 
-L = −NLL_f + α·NLL_r.
+L = −NLL_f + α·R, R = NLL_r (``retain_loss: nll``, default) or KL(π_ref ‖ π_θ) on the retain answer
+positions (``retain_loss: kl``, against a frozen copy of the model before unlearning; ``bench.retain``).
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.method import LossMethod
+from bench.retain import RetainTerm
 from bench.scoring import mean_nll
 
 
 @dataclass
-class GradDiff(LossMethod):
-    """lr: peak learning rate. alpha: weight of the retain cross-entropy (≥ 0; 0 gives GA)."""
+class GradDiff(RetainTerm, LossMethod):
+    """lr: peak learning rate. alpha: weight of the retain term (≥ 0; 0 gives GA).
+    retain_loss: ``nll`` (default) or ``kl`` (``bench.retain``)."""
 
     lr: float = 1e-4
     alpha: float = 1.0
@@ -24,4 +27,4 @@ class GradDiff(LossMethod):
             raise ValueError(f"GradDiff: alpha must be >= 0, got {self.alpha}")
 
     def loss(self, model, batch):
-        return -mean_nll(model, batch.forget) + self.alpha * mean_nll(model, batch.retain)
+        return -mean_nll(model, batch.forget) + self.alpha * self.retain_term(model, batch.retain)

@@ -1,6 +1,7 @@
 """Negative preference optimisation (NPO; Zhang et al. 2024), "+ retain" variant.
 
-L = (2/β)·mean_f log(1 + exp(β·(log π_θ(y|x) − log π_ref(y|x)))) + α·NLL_r.
+L = (2/β)·mean_f log(1 + exp(β·(log π_θ(y|x) − log π_ref(y|x)))) + α·R, R = NLL_r (``retain_loss: nll``,
+default) or KL(π_ref ‖ π_θ) on the retain answer positions (``retain_loss: kl``; ``bench.retain``).
 
 π_ref is the model before unlearning. Its log-probabilities on the forget examples never
 change, so they are computed once in ``prepare`` (``bench.reference``) instead of keeping a second
@@ -16,13 +17,15 @@ import torch.nn.functional as F
 
 from bench.data import pad_id
 from bench.method import LossMethod
+from bench.retain import RetainTerm
 from bench.reference import reference_logprobs
-from bench.scoring import mean_nll, sequence_logprob
+from bench.scoring import sequence_logprob
 
 
 @dataclass
-class NPO(LossMethod):
-    """lr: peak learning rate. beta: inverse temperature (> 0). alpha: retain weight (0: plain NPO)."""
+class NPO(RetainTerm, LossMethod):
+    """lr: peak learning rate. beta: inverse temperature (> 0). alpha: retain weight (0: plain NPO).
+    retain_loss: ``nll`` (default) or ``kl`` (``bench.retain``)."""
 
     lr: float = 1e-4
     beta: float = 0.1
@@ -39,6 +42,7 @@ class NPO(LossMethod):
     def prepare(self, model, data, ctx):
         # Indexed by example position: forget batches carry those positions in ``index``.
         self._ref_logprob = reference_logprobs(model, data.examples("forget"), pad_id(data.tokenizer))
+        return super().prepare(model, data, ctx)
 
     def loss(self, model, batch):
         if self._ref_logprob is None:
@@ -46,4 +50,4 @@ class NPO(LossMethod):
         logp, _ = sequence_logprob(model, batch.forget)
         ratio = logp - self._ref_logprob[batch.forget.index]
         npo = (2.0 / self.beta) * F.softplus(self.beta * ratio).mean()
-        return npo + self.alpha * mean_nll(model, batch.retain) if self.alpha else npo
+        return npo + self.alpha * self.retain_term(model, batch.retain) if self.alpha else npo

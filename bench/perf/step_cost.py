@@ -2,8 +2,8 @@
 
 Runs each method for a fixed number of steps through the shared loop (no stopping checks) on
 copies of one model, interleaving methods over repeats, and prints the median seconds per step
-and the ratio to the first method (GradDiff by default). Any Hydra override of the run config
-can follow (``model.arch.hidden_size=256``, ``unlearn.batch_size=32``). A benchmark, not a test:
+and the ratio to the first method (default: GradDiff, then every method in ``conf/method/``).
+Any Hydra override of the run config can follow (``model.arch.hidden_size=256``, ``unlearn.batch_size=32``). A benchmark, not a test:
 timings depend on the machine and on whatever else runs on it.
 
     python -m bench.perf.step_cost --steps 20 --repeats 3 --threads 1 --methods graddiff ssiuu
@@ -34,13 +34,16 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", nargs="+", default=["graddiff", "ssiuu"], help="conf/method names; the first is the baseline")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="conf/method names; the first is the baseline (default: graddiff, then every other conf/method/*.yaml)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per run (not counted)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config")
     args = ap.parse_args(argv)
+    if args.methods is None:
+        args.methods = ["graddiff", *sorted(p.stem for p in (CONF / "method").glob("*.yaml") if p.stem != "graddiff")]
     if args.threads:
         torch.set_num_threads(args.threads)
 
