@@ -42,7 +42,7 @@ class PDU(LossMethod):
     tiny target's retain NLL is ~0.015). lam: initial multiplier λ_0 ≥ 0. dual_lr: η > 0, the dual
     ascent step. gamma: weight of the forget loss (> 0)."""
 
-    lr: float = 1e-4
+    lr: float = 3e-3
     eps: float = 0.1
     lam: float = 1.0
     dual_lr: float = 1.0

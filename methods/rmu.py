@@ -21,6 +21,7 @@ tokens of the batch (OpenUnlearning averages per example first; equal when answe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -52,6 +53,11 @@ def block_output(model: torch.nn.Module, batch: Batch, layer: int) -> torch.Tens
     return seen[0]
 
 
+def token_mask(batch: Batch, tokens: str) -> torch.Tensor:
+    """The positions a term covers: ``read`` (see ``read_positions``) or ``all`` real tokens (WMDP)."""
+    return read_positions(batch) if tokens == "read" else batch.attention_mask.bool()
+
+
 def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ over masked tokens of ‖h − target‖² / (d · number of masked tokens)."""
     sq = (h.float() - target.float()).pow(2).sum(-1)
@@ -70,6 +76,7 @@ class RMU(LossMethod):
     layers: list[int] | None = None
     steering: float = 20.0
     alpha: float = 10.0
+    tokens: Literal["read", "all"] = "read"
     _ref: torch.nn.Module | None = field(default=None, init=False, repr=False)
     _u: torch.Tensor | None = field(default=None, init=False, repr=False)
 
@@ -87,6 +94,8 @@ class RMU(LossMethod):
             raise ValueError(f"RMU: method.steering must be > 0, got {self.steering}; e.g. method.steering=20")
         if not self.alpha >= 0:
             raise ValueError(f"RMU: method.alpha must be >= 0, got {self.alpha}; e.g. method.alpha=10")
+        if self.tokens not in ("read", "all"):
+            raise ValueError(f"RMU: method.tokens must be 'read' or 'all', got {self.tokens!r}; e.g. method.tokens=all")
 
     @property
     def trained_layers(self) -> list[int]:
@@ -112,11 +121,11 @@ class RMU(LossMethod):
         if self._ref is None or self._u is None:
             raise RuntimeError("RMU.loss called before prepare(): the frozen reference and u are missing")
         h_f = block_output(model, batch.forget, self.layer)
-        loss = masked_mse(h_f, self.steering * self._u, read_positions(batch.forget))
+        loss = masked_mse(h_f, self.steering * self._u, token_mask(batch.forget, self.tokens))
         if self.alpha:
             h_r = block_output(model, batch.retain, self.layer)
             with torch.no_grad():
                 h_ref = block_output(self._ref, batch.retain, self.layer)
-            loss = loss + self.alpha * masked_mse(h_r, h_ref, read_positions(batch.retain))
+            loss = loss + self.alpha * masked_mse(h_r, h_ref, token_mask(batch.retain, self.tokens))
         return loss
 

@@ -142,6 +142,20 @@ def test_rmu_loss_value_gradient_and_trained_parameters(two_block, data, batches
     assert rmu.loss(at_ref, b).item() == pytest.approx(no_retain.loss(at_ref, b).item(), rel=1e-6)
 
 
+def test_rmu_all_tokens_covers_every_real_position(two_block, data, batches):
+    b = batches[0]
+    rmu = RMU(layer=0, steering=2.0, alpha=0.0, tokens="all")
+    rmu.prepare(two_block, data, ctx(seed=3))
+    u = torch.rand(32, generator=torch.Generator().manual_seed(3))
+    u = u / u.norm()
+    with torch.no_grad():
+        h = two_block(input_ids=b.forget.input_ids, attention_mask=b.forget.attention_mask,
+                      output_hidden_states=True).hidden_states[1]
+        real = b.forget.attention_mask.bool()
+        want = (h[real] - 2.0 * u).pow(2).sum() / (real.sum() * 32)
+        assert rmu.loss(two_block, b).item() == pytest.approx(want.item(), rel=1e-5)
+
+
 def test_rmu_unlearn_trains_only_the_chosen_mlps(two_block, data):
     model = copy.deepcopy(two_block)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -281,6 +295,7 @@ def test_rs_npo_update_is_the_forget_gradient_at_seeded_gaussian_noise(trained_m
 @pytest.mark.parametrize("cls,kwargs,key", [
     (RMU, {"layer": -1}, "method.layer"), (RMU, {"layer": 1, "layers": [2]}, "method.layers"),
     (RMU, {"layers": []}, "method.layers"), (RMU, {"steering": 0.0}, "method.steering"), (RMU, {"alpha": -1.0}, "method.alpha"),
+    (RMU, {"tokens": "some"}, "method.tokens"),
     (GRU, {"gamma": 0.0}, "method.gamma"), (GRU, {"gamma": 1.5}, "method.gamma"), (GRU, {"forget_loss": "x"}, "method.forget_loss"),
     (GRU, {"alpha": -1.0}, "method.alpha"), (GRU, {"beta": 0.0}, "method.beta"),
     (PDU, {"eps": -0.1}, "method.eps"), (PDU, {"lam": -1.0}, "method.lam"), (PDU, {"dual_lr": 0.0}, "method.dual_lr"),
