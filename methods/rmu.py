@@ -11,11 +11,16 @@ all components ≥ 0); c: the steering coefficient; h_ref: a frozen copy of the 
 ``layers`` are trained (default ℓ−2..ℓ clipped at 0, as in WMDP's ℓ−2..ℓ; WMDP and OpenUnlearning
 train only their down projections).
 
-Tokens: F and R are the positions the answer is read from, i.e. the positions whose *next* token is
+Tokens (``tokens=read``, default): F and R are the positions the answer is read from, i.e. the positions whose *next* token is
 an answer token (or the end token). OpenUnlearning masks the answer tokens' own positions
 (labels ≠ −100); with the default world's one-token answers that mask leaves out the one position
 the answer is predicted from, so it is not used here. The squared error is averaged over all masked
 tokens of the batch (OpenUnlearning averages per example first; equal when answers have one length).
+``tokens=all``: every real token of the sequences (prompt included), as WMDP steers its forget corpus.
+
+On the tiny model RMU does not reach the default stopping target (forced-choice accuracy ≤ 0.30):
+the forget states reach c·u almost exactly, but the remaining error still ranks the gold option first
+(forget mcq ≈ 0.48 after 300 steps; conf/method/rmu.yaml lists the runs).
 """
 
 from __future__ import annotations
@@ -69,13 +74,15 @@ class RMU(LossMethod):
     """lr: peak learning rate. layer: block ℓ whose output is steered. layers: blocks whose MLPs are
     trained (null: ℓ−2..ℓ clipped at 0; each must be ≤ ℓ). steering: c, the norm of the target
     activation c·u (compare with the residual norm at ℓ). alpha: weight of the retain activation
-    term. Defaults: see conf/method/rmu.yaml (a sweep on the tiny model)."""
+    term. tokens: positions of both terms, ``read`` (default) or ``all`` real tokens (WMDP's
+    choice on its forget corpus). Defaults: conf/method/rmu.yaml (12 runs on the tiny model; none
+    reaches the default forget target within 300 steps, see there)."""
 
-    lr: float = 1e-3
+    lr: float = 3e-3
     layer: int = 1
     layers: list[int] | None = None
-    steering: float = 20.0
-    alpha: float = 10.0
+    steering: float = 300.0
+    alpha: float = 1.0
     tokens: Literal["read", "all"] = "read"
     _ref: torch.nn.Module | None = field(default=None, init=False, repr=False)
     _u: torch.Tensor | None = field(default=None, init=False, repr=False)
