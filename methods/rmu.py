@@ -33,7 +33,7 @@ import torch
 from bench.data import IGNORE, Batch
 from bench.method import LossMethod, ModelShape
 from bench.reference import frozen_copy
-from methods.mrp import _hidden_size, decoder_layers
+from methods.mrp import decoder_layers
 
 
 def read_positions(batch: Batch) -> torch.Tensor:
@@ -115,7 +115,7 @@ class RMU(LossMethod):
 
     def prepare(self, model, data, ctx):
         self._ref = frozen_copy(model)
-        d = _hidden_size(model)
+        d = int(model.config.hidden_size)
         gen = torch.Generator().manual_seed(ctx.seed)
         u = torch.rand(d, generator=gen)
         self._u = (u / u.norm()).to(next(model.parameters()).device)
