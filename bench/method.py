@@ -6,7 +6,8 @@ before any compute. ``unlearn(model, data, ctx)`` returns the unlearned model (t
 edited in place, or a wrapper) and a ``TrainResult``.
 
 Loss-based methods subclass ``LossMethod`` and write only ``loss`` (and optionally the hooks
-``prepare``, ``trainable_parameters``, ``train_config`` and ``after_backward``): the shared loop in
+``prepare``, ``trainable_parameters``, ``train_config``, ``after_backward`` and, for methods
+needing several passes per step, ``loss_and_grad``): the shared loop in
 ``bench.train`` does the rest, so GA, GradDiff, NPO and Ssiuu differ in nothing but their loss,
 and MRP in its loss, the parameters it trains (its projection) and its step cap.
 """
@@ -134,6 +135,16 @@ class LossMethod(Method):
     def after_backward(self, model: torch.nn.Module, batch: UnlearnBatch) -> None:
         """May edit ``p.grad`` after backward, before clipping and the step (e.g. Ssiuu)."""
 
+    def loss_and_grad(self, model: torch.nn.Module, batch: UnlearnBatch) -> torch.Tensor:
+        """The step's loss with its gradient left in ``p.grad`` (every ``p.grad`` is cleared on
+        entry). Default: ``loss(model, batch).backward()``. Override for methods that need several
+        forward/backward passes per step (GRU's projection, SAM's perturbed point); the loop then
+        clips, calls ``after_backward`` and steps as usual."""
+        loss = self.loss(model, batch)
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss
+
     def unlearn(self, model, data, ctx):
         wrapped = self.prepare(model, data, ctx)
         model = model if wrapped is None else wrapped
@@ -153,6 +164,7 @@ class LossMethod(Method):
                 params=params,
                 check=(lambda step: stop(model, step)) if stop is not None else None,
                 after_backward=lambda batch: self.after_backward(model, batch),
+                loss_and_grad=lambda batch: self.loss_and_grad(model, batch),
                 desc=type(self).__name__,
             )
         finally:

@@ -120,6 +120,7 @@ def train_loop(
     check: Callable[[int], bool] | None = None,
     check_at: Iterable[int] | None = None,
     after_backward: Callable[[object], None] | None = None,
+    loss_and_grad: Callable[[object], torch.Tensor] | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Minimise ``loss_fn(batch)`` for up to ``cfg.max_steps`` steps.
@@ -127,6 +128,10 @@ def train_loop(
     check(step) -> stop?: runs before the first step (step 0), at ``check_at`` steps or every
     ``cfg.check_every`` steps, and after the last step. after_backward(batch) may edit gradients
     (a method's gradient adjustment) before clipping and the optimiser step.
+    loss_and_grad(batch) -> loss: replaces ``loss_fn(batch).backward()`` for methods that need
+    several forward/backward passes per step (SAM, GRU): it is called with every ``p.grad`` cleared,
+    leaves the step's gradient in ``p.grad`` and returns the loss to log (a non-finite one stops
+    training as diverged before the update, as with ``loss_fn``).
     """
     torch.manual_seed(cfg.seed)
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -181,13 +186,14 @@ def train_loop(
     try:
         for step in range(1, cfg.max_steps + 1):
             batch = next(stream)
-            loss = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(batch) if loss_and_grad is None else loss_and_grad(batch).detach()
             if not torch.isfinite(loss):
                 result.diverged = True
                 result.losses.append(float(loss.detach()))
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss_and_grad is None:
+                loss.backward()
             if after_backward is not None:
                 after_backward(batch)
             if cfg.grad_clip is not None:
