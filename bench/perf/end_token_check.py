@@ -23,25 +23,19 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from bench.items import forced_choice, prompts
 from bench.method import UnlearnContext, UnlearnData
-from bench.models import obtain_model, pretrained_source, resolve_device
+from bench.models import obtain_model
+from bench.perf.setup import load
 from bench.run import StopRule, resolve
 from bench.run_config import RunConfig
-from bench.items import forced_choice, prompts
 from bench.scoring import score_answers
-from bench.tokenizer import load_model_tokenizer
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def option_scores(model, tokenizer, bench, items) -> dict[str, np.ndarray]:
@@ -74,23 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config (cache_dir=..., seed=...)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfgs = {m: compose("config", overrides=[f"method={m}", *args.overrides]) for m in args.methods}
-    cfg = cfgs[args.methods[0]]
-    bench = instantiate(cfg.benchmark, _convert_="all")
-    spec = OmegaConf.to_container(cfg.model, resolve=True)
-    source = pretrained_source(spec, cfg.cache_dir)
-    tokenizer = load_model_tokenizer(spec, source)
-    device = resolve_device(spec.get("device", "auto"))
-    target, _ = obtain_model("target", spec, bench, tokenizer, cfg.cache_dir, cfg.seed, source)
+    setup = load(args.methods, args.overrides, args.threads)
+    cfg, bench, tokenizer, device = setup.cfgs[args.methods[0]], setup.bench, setup.tokenizer, setup.device
+    spec, source = setup.spec, setup.source
+    target, _ = obtain_model("target", spec, bench, tokenizer, setup.cache_dir, setup.seed, source)
     forget, retain = bench.split("forget"), bench.split("retain")
     rule = StopRule.from_settings(RunConfig.parse(resolve(cfg)).unlearn, bench)
     oracle_mcq = None
     if rule.rule == "oracle":
-        oracle, _ = obtain_model("oracle", spec, bench, tokenizer, cfg.cache_dir, cfg.seed, source)
+        oracle, _ = obtain_model("oracle", spec, bench, tokenizer, setup.cache_dir, setup.seed, source)
         oracle_mcq = summary(oracle, tokenizer, bench, forget)["mcq_answer_only"]
     goal = rule.target_for(oracle_mcq)
     if goal is None:
@@ -100,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"target  forget: {fmt(summary(target, tokenizer, bench, forget))}")
     print(f"target  retain: {fmt(summary(target, tokenizer, bench, retain))}")
 
-    for name, mcfg in cfgs.items():
+    for name, mcfg in setup.cfgs.items():
         for rule in ("with_end", "answer_only"):
             trace: list[tuple[int, float, float]] = []
 
@@ -113,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             uctx = UnlearnContext(seed=mcfg.seed, device=device, max_steps=u.max_steps, batch_size=u.batch_size,
                                   warmup_steps=u.warmup_steps, check_every=u.check_every, grad_clip=u.grad_clip,
                                   should_stop=should_stop)
-            method = instantiate(mcfg.method, _convert_="all")
+            method = setup.method(name)
             torch.manual_seed(mcfg.seed)
             model, result = method.unlearn(copy.deepcopy(target), UnlearnData(bench, tokenizer, forget, retain), uctx)
             reached = bool(trace) and trace[-1][1 if rule == "with_end" else 2] <= goal

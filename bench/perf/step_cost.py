@@ -16,20 +16,14 @@ import copy
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from bench.method import UnlearnContext, UnlearnData
-from bench.models import build_base_model, pretrained_source, resolve_device
-from bench.tokenizer import load_model_tokenizer
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
+from bench.models import build_base_model
+from bench.perf.setup import all_methods, load
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,21 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config")
     args = ap.parse_args(argv)
-    if args.methods is None:
-        args.methods = ["graddiff", *sorted(p.stem for p in (CONF / "method").glob("*.yaml") if p.stem != "graddiff")]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfgs = {m: compose("config", overrides=[f"method={m}", *args.overrides]) for m in args.methods}
-    cfg = cfgs[args.methods[0]]
-    bench = instantiate(cfg.benchmark, _convert_="all")
-    spec = OmegaConf.to_container(cfg.model, resolve=True)
-    source = pretrained_source(spec, cfg.cache_dir)
-    tokenizer = load_model_tokenizer(spec, source)
-    device = resolve_device(spec.get("device", "auto"))
-    model = build_base_model(spec, tokenizer, cfg.seed, source).to(device)
-    data = UnlearnData(bench=bench, tokenizer=tokenizer, forget=bench.split("forget"), retain=bench.split("retain"))
+    setup = load(args.methods or all_methods(), args.overrides, args.threads)
+    args.methods = list(setup.cfgs)
+    cfg = setup.cfgs[args.methods[0]]
+    bench, device = setup.bench, setup.device
+    model = build_base_model(setup.spec, setup.tokenizer, setup.seed, setup.source).to(device)
+    data = UnlearnData(bench=bench, tokenizer=setup.tokenizer, forget=bench.split("forget"), retain=bench.split("retain"))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, device {device}, threads {torch.get_num_threads()}, "
           f"batch {cfg.unlearn.batch_size} forget + {cfg.unlearn.batch_size} retain, {args.steps} timed steps x {args.repeats}")
@@ -64,12 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     per_step: dict[str, list[float]] = {m: [] for m in args.methods}
     for _ in range(args.repeats):
         for name in args.methods:
-            method = instantiate(cfgs[name].method, _convert_="all")
+            method = setup.method(name)
             total = args.warmup + args.steps
             # Time the steps after warmup: run warmup and warmup+steps, take the difference.
             walls = []
             for steps in (args.warmup, total):
-                ctx = UnlearnContext(seed=cfg.seed, device=device, max_steps=steps, batch_size=cfg.unlearn.batch_size,
+                ctx = UnlearnContext(seed=setup.seed, device=device, max_steps=steps, batch_size=cfg.unlearn.batch_size,
                                      grad_clip=cfg.unlearn.grad_clip, check_every=steps)
                 start = time.perf_counter()
                 method.unlearn(copy.deepcopy(model), data, ctx) if steps else None

@@ -1,0 +1,19 @@
+"""The benchmark scripts of bench/perf/ still run (on the micro config; their figures are not checked)."""
+
+from __future__ import annotations
+
+from bench.perf import end_token_check, step_cost
+
+
+def test_step_cost_runs(tmp_path, capsys):
+    step_cost.main(["--methods", "graddiff", "npo", "--steps", "1", "--warmup", "0", "--repeats", "1", "--threads", "1",
+                    "+experiment=micro", f"cache_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "graddiff" in out and "npo" in out and "ratio" in out
+
+
+def test_end_token_check_runs(tmp_path, capsys):
+    end_token_check.main(["--methods", "ga", "--threads", "1", "+experiment=micro", f"cache_dir={tmp_path}",
+                          "unlearn.max_steps=2"])
+    out = capsys.readouterr().out
+    assert "stop on with_end" in out and "stop on answer_only" in out
