@@ -1,10 +1,9 @@
 """Next-token distributions at answer positions, for losses over the whole vocabulary (KL retain,
 UNDIAL, CE-U), where ``bench.scoring.token_logprobs`` gives only the gold token's log-prob.
 
-The positions are those of ``token_logprobs`` (same first-label rule, same ``logits_to_keep``
-saving, float logits), so the two line up row for row. Kept out of ``bench/scoring.py`` on purpose:
-that file is one of the sources hashed into the target/oracle cache key (``bench.models``), so
-editing it would retrain every cached model.
+``bench.scoring.token_logprobs`` reads the gold token's log-prob from these same logits, so the
+two line up row for row. Logits are computed only from the position before the first label on
+(``logits_to_keep``): for QA pairs the prompt is most of the sequence.
 """
 
 from __future__ import annotations

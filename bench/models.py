@@ -12,6 +12,7 @@ train it once and removes what a killed run left.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import time
@@ -34,7 +35,6 @@ from bench.train import TrainConfig, train_loop
 log = logging.getLogger(__name__)
 
 ROLES = {"target": ("forget", "retain", "general"), "oracle": ("retain", "general")}
-_SHAPING_SOURCES = ("data.py", "train.py", "models.py", "scoring.py")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -194,10 +194,20 @@ def inject_knowledge(model, bench: Benchmark, tokenizer, role: str, cfg: TrainCo
     return {"examples": len(examples), "steps": res.steps, "final_loss": res.final_loss, "wall_s": res.wall_s}
 
 
+def _shaping_code() -> list[Any]:
+    """The code that turns injection token ids into weights: batch order and padding, the loss, the
+    loop with its optimiser and schedule (all of bench/train.py), the base model's construction and
+    the injection itself. Other code in the same files (evaluation, scoring helpers) is not keyed, so
+    editing it keeps the cached models."""
+    from bench import data, distributions, scoring, train
+
+    return [data.Batch, data.collate, data.BatchStream, distributions.answer_logits, scoring.token_logprobs,
+            scoring.mean_nll, train, build_base_model, inject_knowledge]
+
+
 @functools.cache  # once per process: the code loaded, not files edited since
 def _source_digest() -> str:
-    here = Path(__file__).parent
-    return digest([(name, (here / name).read_text()) for name in _SHAPING_SOURCES], 64)
+    return digest([inspect.getsource(obj) for obj in _shaping_code()], 64)
 
 
 def examples_digest(examples: list[tuple[list[int], list[int]]]) -> str:
@@ -227,8 +237,8 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
         "tokens": {"vocab": len(tokenizer), "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
                    "pad": pad_id(tokenizer)},
         # The token ids fix what the model saw, not how it was trained on them: the batch order and
-        # padding (data.py), the loss (scoring.py), the loop, optimiser and schedule (train.py) and
-        # the base model's construction (models.py) are code, so their source is keyed too.
+        # padding, the loss, the loop, optimiser and schedule and the base model's construction are
+        # code, so their source is keyed too (_shaping_code: those functions, not whole files).
         "source": _source_digest(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data import IGNORE, Batch, batches_in_order, encode_prompt, encode_qa, pad_id
+from bench.data import Batch, batches_in_order, encode_prompt, encode_qa, pad_id
+from bench.distributions import answer_logits
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -42,14 +43,7 @@ def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, 
     for QA pairs the prompt is most of the sequence and the vocabulary projection and log-softmax
     over the prompt would be wasted (a third of a tiny model's scoring time).
     """
-    labelled = (batch.labels[:, 1:] != IGNORE).any(0)
-    first = int(labelled.nonzero()[0, 0]) + 1 if labelled.any() else max(1, batch.labels.shape[1] - 1)
-    keep = batch.labels.shape[1] - first + 1
-    # [-keep:] also covers a model that ignores logits_to_keep and returns every position.
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   logits_to_keep=keep).logits[:, -keep:][:, :-1].float()
-    target = batch.labels[:, first:]
-    mask = target != IGNORE
+    logits, target, mask = answer_logits(model, batch)
     safe = target.clamp(min=0)
     logp = torch.gather(F.log_softmax(logits, dim=-1), 2, safe.unsqueeze(-1)).squeeze(-1)
     hit = logits.argmax(-1) == safe

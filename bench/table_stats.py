@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.stages import REFERENCE_STAGES  # noqa: F401  (re-exported for bench.report / bench.plots)
 
 WILCOXON_MIN_PAIRS = 6  # below this the signed-rank test cannot reach p < 0.05 two-sided: t-test only
 

@@ -208,3 +208,26 @@ def test_run_refuses_a_corrupt_record_and_leaves_it_in_place(tmp_path):
     with pytest.raises(RecordError):
         run(compose_config(f"cache_dir={tmp_path / 'cache'}"), tmp_path, "ga")
     assert (tmp_path / RECORD).read_text() == "{not json" and not (tmp_path / "superseded").exists()
+
+
+def test_editing_evaluation_code_keeps_the_cache_key_but_the_loss_changes_it(monkeypatch):
+    # The key covers the code that shapes a model (batching, loss, loop, construction), not whole files.
+    import inspect
+
+    from bench import models, scoring
+
+    models._source_digest.cache_clear()
+    before = models._source_digest()
+    real = inspect.getsource
+
+    def edited(obj):
+        text = real(obj)
+        return text + "\n# edited" if obj is scoring.mean_nll else text
+
+    monkeypatch.setattr(inspect, "getsource", edited)
+    models._source_digest.cache_clear()
+    assert models._source_digest() != before  # the training loss changed: retrain
+    monkeypatch.setattr(inspect, "getsource", real)
+    models._source_digest.cache_clear()
+    assert models._source_digest() == before
+    assert scoring.AnswerScores not in models._shaping_code()  # evaluation-only code is not keyed
