@@ -99,6 +99,14 @@ def test_a_run_whose_weights_turn_nan_on_a_check_step_is_diverged_not_complete(t
     on_disk = json.loads((tmp_path / "run" / RECORD).read_text(), parse_constant=pytest.fail)
     assert on_disk["status"] == "diverged"
 
+    # The sweep goes on: a healthy run beside it, and the table is written with the diverged run marked.
+    from bench.report import report
+
+    run(compose_config(f"cache_dir={tmp_path / 'cache'}", "method=ga", "suites=[knowledge,privacy]"), tmp_path / "ok", "ga")
+    report([tmp_path / "run", tmp_path / "ok"], tmp_path / "tables")
+    table = (tmp_path / "tables" / "table.md").read_text()
+    assert "‡" in table and "diverged" in table
+
 
 # -- the model cache keys on what the model saw --------------------------------------------------
 
