@@ -17,3 +17,11 @@ def test_end_token_check_runs(tmp_path, capsys):
                           "unlearn.max_steps=2"])
     out = capsys.readouterr().out
     assert "stop on with_end" in out and "stop on answer_only" in out
+
+
+def test_peak_memory_runs(tmp_path, capsys):
+    from bench.perf import peak_memory
+
+    peak_memory.main(["--methods", "graddiff", "npo", "--steps", "1", "+experiment=micro", f"cache_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "graddiff" in out and "npo" in out and "growth" in out
