@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 ROLES = {"target": ("forget", "retain", "general"), "oracle": ("retain", "general")}
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):  # null: the default, auto
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

@@ -46,7 +46,7 @@ from bench.settings import did_you_mean, parse_arguments, parse_settings
 from bench.scoring import score_answers
 from bench.items import mcq_correct, prompts
 from bench.stage_cache import cached_stage, stage_identity
-from bench.suites import Row, SuiteContext, evaluate_suites, validate_settings
+from bench.suites import Row, SuiteContext, available_suites, evaluate_suites, validate_settings
 from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
 from bench.unlearning import unlearn_rows
@@ -170,11 +170,17 @@ class Run:
             raise ConfigError(f"continual.requests={self.n_requests} but the forget split has only {people} people; "
                               f"use at most {people} requests (requests are cut by person)")
         self.request_suites = list(s.continual.suites) if self.n_requests > 1 else []
-        self.model_spec = dict(s.model)
-        check_model_block(self.model_spec)
+        unknown = [name for name in self.request_suites if name not in available_suites()]
+        if unknown:
+            raise ConfigError(f"continual.suites: unknown suite {unknown[0]!r}; "
+                              f"{did_you_mean(unknown[0], available_suites())}available suites: {available_suites()}")
+        self.model_spec = check_model_block(s.model)
         validate_model_spec(self.model_spec)
         if not (self.model_spec.get("pretrained") or self.model_spec.get("gguf")):  # a fresh model: shape known now
-            arch = LlamaConfig(**self.model_spec["arch"])
+            try:
+                arch = LlamaConfig(**self.model_spec["arch"])
+            except (ValueError, TypeError) as e:  # transformers' own validation of the config
+                raise ConfigError(f"model.arch: {' '.join(str(e).split())}") from None
             self.check_plan(ModelShape(arch.hidden_size, arch.num_hidden_layers))
         self.suite_settings = validate_settings([*self.suites, *self.request_suites], s.suite_settings, self.bench)
         self.cfg_hash, self.code = config_hash(self.resolved), code_version()
@@ -226,6 +232,9 @@ class Run:
                                                     revision=None if local else self.model_spec.get("revision"),
                                                     trust_remote_code=bool(self.model_spec.get("trust_remote_code", False)))
                 self.check_plan(ModelShape(int(config.hidden_size), int(config.num_hidden_layers)))
+        except ValueError as e:  # an unknown model type, or code the checkpoint ships that may not run
+            raise ModelConfigError(f"model.pretrained={self.source!r}: {' '.join(str(e).split())[:300]} "
+                                   "(model.trust_remote_code=true runs code shipped with the checkpoint)") from None
         except OSError as e:
             name = self.model_spec.get("tokenizer") or self.source
             key = "model.tokenizer" if self.model_spec.get("tokenizer") else "model.pretrained"

@@ -105,23 +105,34 @@ MODEL_KEYS = ("name", "pretrained", "tokenizer", "dtype", "device", "arch", "inj
               "trust_remote_code", "use_safetensors", "gguf", "gguf_file")
 
 
-def check_model_block(spec: Mapping[str, Any]) -> None:
+# model.arch keys the harness sets itself from the tokenizer (bench.models.build_base_model).
+HARNESS_ARCH_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+
+
+def check_model_block(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Keys of the ``model`` block, its ``inject`` settings, and a fresh model's shape (a Llama built
-    from ``model.arch`` must split its width into heads, and its heads into key/value groups)."""
+    from ``model.arch`` must split its width into heads, and its heads into key/value groups).
+    Returns the block with ``inject`` as parsed (a null takes its default, numbers their type)."""
     from transformers import LlamaConfig
 
     from bench.train import TrainConfig
 
     reject_unknown(spec, list(MODEL_KEYS), "model")
+    spec = dict(spec)
     if spec.get("inject") is not None:
-        parse_settings(TrainConfig, spec["inject"], "model.inject")
+        inject = parse_settings(TrainConfig, spec["inject"], "model.inject")
+        spec["inject"] = {key: getattr(inject, key) for key in spec["inject"]}
     arch = spec.get("arch")
     if arch is None or spec.get("pretrained") or spec.get("gguf"):
-        return
+        return spec
     if not isinstance(arch, Mapping):
         raise ConfigError(f"model.arch must be a mapping of LlamaConfig fields, got {arch!r}")
     defaults = LlamaConfig().to_dict()
     reject_unknown(arch, [k for k in defaults if not k.startswith("_")], "model.arch")
+    set_by_harness = [k for k in arch if k in HARNESS_ARCH_KEYS]
+    if set_by_harness:
+        raise ConfigError(f"model.arch.{set_by_harness[0]} is set by the harness from the tokenizer; remove it "
+                          f"(the harness sets {list(HARNESS_ARCH_KEYS)})")
     sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
              "max_position_embeddings")
     for key in sizes:
@@ -135,9 +146,12 @@ def check_model_block(spec: Mapping[str, Any]) -> None:
     if d % heads:
         raise ConfigError(f"model.arch.hidden_size={d} is not a multiple of num_attention_heads={heads}; "
                           f"use a hidden_size divisible by {heads}")
-    if (d // heads) % 2:
-        raise ConfigError(f"model.arch.hidden_size={d}: head size hidden_size/num_attention_heads = {d // heads} is odd "
-                          "(rotary embeddings rotate pairs of dimensions); use an even head size")
+    head = arch.get("head_dim") or d // heads
+    if head % 2:
+        key = "head_dim" if arch.get("head_dim") else "hidden_size"
+        raise ConfigError(f"model.arch.{key}={arch.get(key)}: head size {head} is odd (rotary embeddings rotate pairs "
+                          "of dimensions); use an even head size")
     if heads % kv:
         raise ConfigError(f"model.arch.num_key_value_heads={kv} does not divide num_attention_heads={heads}; "
                           f"use a divisor of {heads} (e.g. {heads})")
+    return spec

@@ -55,6 +55,10 @@ BAD = [
     (["model.inject.lr=0"], ["model.inject", "lr"]),
     (["+model.injet.lr=1"], ["model.injet", "did you mean 'inject'"]),
     (["model.dtype=float33"], ["model.dtype"]),
+    (["model.inject.batch_size=0"], ["model.inject", "batch_size must be >= 1"]),
+    (["+model.arch.vocab_size=300"], ["model.arch.vocab_size", "set by the harness"]),
+    (["+model.arch.head_dim=33"], ["model.arch.head_dim=33", "odd"]),
+    (["continual.requests=2", "continual.suites=[knowlege]"], ["continual.suites", "did you mean 'knowledge'"]),
     (["model=hf"], ["model.pretrained"]),
     (["model=hf", "model.pretrained=nosuch-org/nosuch-model"], ["model.pretrained='nosuch-org/nosuch-model'", "local folder"]),
     (["benchmark=tofu"], ["benchmark.data_dir"]),
@@ -130,3 +134,11 @@ def test_unknown_group_choice_lists_the_options(arg, needles):
     for needle in needles:
         assert needle in str(info.value)
     check_group_choices(["attack=[harmful,rtt]", "method=ga,npo", "+experiment=micro", "seed=0,1"])  # valid: no error
+
+
+def test_null_takes_the_default_in_model_blocks(tmp_path):
+    from bench.run import Run
+    from bench.train import TrainConfig
+
+    r = Run(compose_config("model.inject.batch_size=null", "model.device=null", f"cache_dir={tmp_path}"), tmp_path / "run", "ga")
+    assert r.model_spec["inject"]["batch_size"] == TrainConfig(lr=1.0, max_steps=1).batch_size
