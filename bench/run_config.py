@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from bench.errors import ConfigError
-from bench.settings import parse_settings, unknown_key_error
+from bench.settings import bounded, parse_settings, unknown_key_error
 
 
 @dataclass(frozen=True)
@@ -28,27 +28,15 @@ class UnlearnSettings:
     [0, 1]; null = fixed-step mode (no stopping rule).
     """
 
-    max_steps: int = 300
-    batch_size: int = 16
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    check_every: int = 5
+    max_steps: int = bounded(300, ge=1)
+    batch_size: int = bounded(16, ge=1)
+    warmup_steps: int = bounded(0, ge=0)
+    grad_clip: float | None = bounded(1.0, gt=0)
+    check_every: int = bounded(5, ge=1)
     stop_at: Literal["auto", "oracle", "chance"] | float | None = "auto"
-    stop_margin: float = 0.05
+    stop_margin: float = bounded(0.05, ge=0, lt=1)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ConfigError(f"unlearn.max_steps must be >= 1, got {self.max_steps}")
-        if self.batch_size < 1:
-            raise ConfigError(f"unlearn.batch_size must be >= 1, got {self.batch_size}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"unlearn.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.check_every < 1:
-            raise ConfigError(f"unlearn.check_every must be >= 1, got {self.check_every}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"unlearn.grad_clip must be positive or null, got {self.grad_clip}")
-        if not 0 <= self.stop_margin < 1:
-            raise ConfigError(f"unlearn.stop_margin must lie in [0, 1), got {self.stop_margin}")
         if isinstance(self.stop_at, float) and not 0 <= self.stop_at <= 1:
             raise ConfigError(f"unlearn.stop_at must lie in [0, 1] (it is a forget mcq_acc), got {self.stop_at}")
 
@@ -58,12 +46,8 @@ class ContinualSettings:
     """The ``continual`` block: requests = forget split cut by person into this many sequential
     requests (1 = an ordinary single run); suites = evaluated as stage request/<i> after each."""
 
-    requests: int = 1
+    requests: int = bounded(1, ge=1)
     suites: tuple[str, ...] = ("knowledge",)
-
-    def __post_init__(self) -> None:
-        if self.requests < 1:
-            raise ConfigError(f"continual.requests must be an integer >= 1 (1 = an ordinary single run), got {self.requests}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +61,7 @@ class RunConfig:
     seed: int = 0
     suites: tuple[str, ...] = ("knowledge", "privacy")
     cache_dir: str = "results/cache"
-    threads: int | None = None
+    threads: int | None = bounded(None, ge=1)
     reuse_stages: bool = True
     attack: dict[str, Any] = field(default_factory=dict)
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
@@ -85,8 +69,6 @@ class RunConfig:
     suite_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be an integer >= 1 or null (torch's default), got {self.threads}")
         if not self.suites:
             raise ConfigError("suites is empty; select at least one, e.g. suites=[knowledge,privacy]")
 
