@@ -19,6 +19,8 @@ import os
 import pickle
 import re
 import shutil
+import socket
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -106,3 +108,25 @@ def directory(path: Path, build: Callable[[Path], None], marker: str = COMPLETE)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return path, False
+
+
+def host_name() -> str:
+    """This machine's name as it appears in temporary file names (orphans are judged per host)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``path`` through a temporary file beside it (named ``.<name>.<host>.<pid>.*.tmp``, so a
+    killed writer's leftovers can be told from a live one's), fsync, then rename: readers see the old
+    file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{host_name()}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

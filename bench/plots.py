@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.stages import REFERENCE_STAGES, TARGET  # noqa: E402
-from bench.table_stats import atomic_write, ci95  # noqa: E402
+from bench.disk_cache import atomic_write  # noqa: E402
+from bench.table_stats import ci95  # noqa: E402
 
 _STEP = re.compile(r"^(?P<metric>\w+)@step(?P<step>\d+)$")
 FORMATS = ("png", "pdf")

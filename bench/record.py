@@ -22,10 +22,8 @@ import math
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from bench.disk_cache import digest
+from bench.disk_cache import atomic_write, digest, host_name
 from bench.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -124,10 +122,6 @@ def to_json(obj: Any, **kwargs: Any) -> str:
     return json.dumps(_finite(obj), allow_nan=False, **kwargs)
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -150,32 +144,19 @@ def remove_orphan_temps(run_dir: Path) -> list[Path]:
     removed = []
     for p in run_dir.glob(".*.tmp"):
         m = pattern.fullmatch(p.name)
-        if m and m["host"] == _host() and not _pid_alive(int(m["pid"])):
+        if m and m["host"] == host_name() and not _pid_alive(int(m["pid"])):
             log.warning("removing %s, left by a killed run", p)
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_record(run_dir: str | Path, record: dict[str, Any], examples: Iterable[dict[str, Any]]) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_orphan_temps(run_dir)
-    _atomic_write(run_dir / EXAMPLES, "".join(to_json(e) + "\n" for e in examples))
-    _atomic_write(run_dir / RECORD, to_json(record, indent=1, default=str))
+    atomic_write(run_dir / EXAMPLES, "".join(to_json(e) + "\n" for e in examples))
+    atomic_write(run_dir / RECORD, to_json(record, indent=1, default=str))
     return run_dir / RECORD
 
 

@@ -31,7 +31,8 @@ from bench.directions import direction, is_integer, rank_key
 from bench.errors import UserError, exit_with
 from bench.record import RECORD
 from bench.stages import REFERENCE_STAGES, UNLEARNED
-from bench.table_stats import atomic_write, ci95, paired
+from bench.disk_cache import atomic_write
+from bench.table_stats import ci95, paired
 
 TABLE_STAGES = REFERENCE_STAGES + (UNLEARNED,)
 # Config keys that never change numbers (and the seed, pooled over): left out of row identity and labels.

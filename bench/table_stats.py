@@ -1,13 +1,10 @@
-"""Helpers shared by bench.report and bench.plots: seed intervals, seed-paired comparisons, atomic writes."""
+"""Helpers shared by bench.report and bench.plots: seed intervals and seed-paired comparisons."""
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,16 +73,3 @@ def paired(row: pd.Series, base: pd.Series) -> Paired:
         if n >= WILCOXON_MIN_PAIRS:
             p_w = 1.0 if same else float(stats.wilcoxon(a, b).pvalue)
     return Paired(n, mean, mean - half, mean + half, p_t, p_w)
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``path`` through a temp file in its folder and a rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,9 +16,10 @@ import torch
 
 from bench import disk_cache
 from bench.benchmark import Benchmark
+from bench.disk_cache import host_name
 from bench.errors import UserError
 from bench.models import obtain_model
-from bench.record import RECORD, RecordError, _host, config_hash, read_record, write_record
+from bench.record import RECORD, RecordError, config_hash, read_record, write_record
 from bench.run import run
 from bench.suites.utility import write_local_tasks
 from bench.train import Diverged, TrainConfig, nonfinite_weights, train_loop
@@ -165,8 +166,8 @@ def test_killed_runs_temporaries_are_removed_by_the_next_write(tmp_path, micro_b
     # Record temporaries: named with host and pid; a dead writer's are removed, a live one's kept.
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    dead = run_dir / f".{RECORD}.{_host()}.{_dead_pid()}.abcdefgh.tmp"
-    live = run_dir / f".{RECORD}.{_host()}.{os.getppid()}.abcdefgh.tmp"
+    dead = run_dir / f".{RECORD}.{host_name()}.{_dead_pid()}.abcdefgh.tmp"
+    live = run_dir / f".{RECORD}.{host_name()}.{os.getppid()}.abcdefgh.tmp"
     elsewhere = run_dir / f".examples.jsonl.otherhost.{_dead_pid()}.abcdefgh.tmp"
     for p in (dead, live, elsewhere):
         p.write_text("{")
