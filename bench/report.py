@@ -285,7 +285,7 @@ def _trace_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 FRAME_COLUMNS = ["row", "group", "config", "ref", "method", "seed", "status", "diverged", "reached", "config_hash",
-                 "stage", "suite", "split", "metric", "value", "n"]
+                 "tuning", "stage", "suite", "split", "metric", "value", "n"]
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -300,7 +300,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         seed = rec["config"].get("seed")
         base = {"group": ident.group, "config": ident.config, "ref": ident.ref, "method": str(rec["method"]),
                 "seed": "unset" if seed is None else seed, "status": rec.get("status"), "diverged": _diverged(rec),
-                "reached": _reached(rec), "config_hash": rec.get("config_hash")}
+                "reached": _reached(rec), "config_hash": rec.get("config_hash"),
+                "tuning": json.dumps(rec["tuning"], sort_keys=True) if isinstance(rec.get("tuning"), dict) else ""}
         for r in list(rec["rows"]) + _trace_rows(rec):
             ref = r["stage"] in REFERENCE_STAGES
             row = (f"{r['stage']} {ident.group}".strip() if ref else ident.row)
@@ -443,6 +444,7 @@ class Table:
     counts: pd.DataFrame   # seeds behind each cell
     infos: dict[str, RowInfo]
     columns: list[Column]
+    seeds_note: str = ""
 
 
 def build_table(df: pd.DataFrame, full: bool = False, columns: list[Column] | None = None) -> Table:
@@ -484,7 +486,7 @@ def build_table(df: pd.DataFrame, full: bool = False, columns: list[Column] | No
     text.index = [f"{l} {infos[l].mark}".rstrip() for l in labels]
     for frame in (text, means, cis, counts):
         frame.index.name = "row"
-    return Table(text, means, cis, counts, infos, cols)
+    return Table(text, means, cis, counts, infos, cols, seeds_note(df))
 
 
 def table(df: pd.DataFrame, full: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -493,6 +495,31 @@ def table(df: pd.DataFrame, full: bool = False) -> tuple[pd.DataFrame, pd.DataFr
     text = t.text.copy()
     text.index = t.means.index
     return text, t.means
+
+
+def _seed_list(seeds: Iterable[Any]) -> str:
+    return ", ".join(str(s) for s in sorted(set(seeds), key=lambda s: (not isinstance(s, int), str(s) if not isinstance(s, int) else s)))
+
+
+def seeds_note(df: pd.DataFrame) -> str:
+    """Which seeds the method rows report and which seeds their settings were tuned on (records' ``tuning``;
+    bench.tune), so that a reader can check the two never overlap."""
+    runs = df[df["stage"] == UNLEARNED].drop_duplicates(["config", "seed"])
+    if runs.empty:
+        return ""
+    tuned = runs[runs["tuning"] != ""]
+    line = f"seeds reported: {_seed_list(runs['seed'])}; "
+    if tuned.empty:
+        return line + "method settings: the run config's values, no tuned= file (tuning: python -m bench.run -m +experiment=tune)"
+    infos = [json.loads(t) for t in tuned["tuning"].unique()]
+    seeds = sorted({s for i in infos for s in i.get("seeds", [])})
+    rules = sorted({str(i.get("rule")) for i in infos})
+    files = sorted({str(i.get("file")) for i in infos})
+    line += (f"method settings tuned on seeds {_seed_list(seeds)} (rule {', '.join(rules)}; {', '.join(files)})")
+    untuned = sorted(set(runs.loc[runs["tuning"] == "", "row"]))
+    if untuned:
+        line += f"; not tuned: {', '.join(untuned)}"
+    return line
 
 
 def legend(t: Table) -> str:
@@ -517,6 +544,8 @@ def legend(t: Table) -> str:
                      f"({'; '.join(f'{i.label}: {i.diverged}/{i.seeds}' for i in rows_div)})")
     if len({i.group for i in infos}) > 1:
         lines.append("reference rows (target, oracle) per benchmark/model group; best marks within a group")
+    if t.seeds_note:
+        lines.append(t.seeds_note)
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import huggingface_hub
 import hydra
@@ -49,6 +49,7 @@ from bench.stage_cache import cached_stage, stage_identity
 from bench.suites import Row, SuiteContext, available_suites, evaluate_suites, validate_settings
 from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
+from bench.tune import apply_tuned, parse_space, split_tune
 from bench.unlearning import unlearn_rows
 
 log = logging.getLogger("bench.run")
@@ -77,8 +78,12 @@ def method_class(block: dict[str, Any]) -> type[Method]:
 
 
 def build_method(block: dict[str, Any]) -> Method:
-    """A method instance from the ``method`` block: its dataclass fields, typed and range-checked."""
-    return parse_settings(method_class(block), block, "method", ignore=("_target_",))
+    """A method instance from the ``method`` block: its dataclass fields, typed and range-checked. The block's
+    ``tune:`` search space (bench.tune) is checked here too, for every run, and is not a hyperparameter."""
+    cls = method_class(block)
+    block, space = split_tune(block)
+    parse_space(cls, block, space)
+    return parse_settings(cls, block, "method", ignore=("_target_",))
 
 
 def instantiate_method(cfg: DictConfig) -> Method:
@@ -154,10 +159,15 @@ class Outcome:
 class Run:
     """One run, phase by phase; every check happens in the constructor, before compute."""
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path, method_name: str):
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, method_name: str, overridden: Sequence[str] = ()):
+        """``overridden``: the method keys set on the command line (a tuned file must not silently replace them)."""
         self.run_dir = Path(run_dir)
         self.method_name = method_name
         self.resolved = resolve(cfg)
+        if isinstance(self.resolved.get("method"), dict):
+            build_method(self.resolved["method"])  # the tune: block is checked, then left out of the record and hash
+            self.resolved["method"] = split_tune(self.resolved["method"])[0]
+        self.tuning = apply_tuned(self.resolved, method_name, overridden)
         self.settings = RunConfig.parse(self.resolved)
         s = self.settings
         self.suites = list(dict.fromkeys(s.suites))
@@ -183,7 +193,9 @@ class Run:
                 raise ConfigError(f"model.arch: {' '.join(str(e).split())}") from None
             self.check_plan(ModelShape(arch.hidden_size, arch.num_hidden_layers))
         self.suite_settings = validate_settings([*self.suites, *self.request_suites], s.suite_settings, self.bench)
-        self.cfg_hash, self.code = config_hash(self.resolved), code_version()
+        # A tuned run's identity includes its tuning provenance (seeds, file digest), not only the merged values.
+        self.cfg_hash = config_hash(self.resolved if self.tuning is None else {**self.resolved, "tuning": self.tuning})
+        self.code = code_version()
         self.rows: list[Row] = []
         self.examples: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
@@ -362,6 +374,7 @@ class Run:
             "config_hash": self.cfg_hash,
             "code_version": self.code,
             "config": self.resolved,
+            "tuning": self.tuning,
             "provenance": {**provenance(self.settings.seed, str(self.device)), "wall_s": self.timings,
                            "models": {stages.TARGET: self.target_info, stages.ORACLE: self.oracle_info},
                            "reused_stages": self.reused_stages},
@@ -380,16 +393,22 @@ class Run:
         log.info("stage %-10s done in %6.1fs", name, self.timings[name])
 
 
-def run(cfg: DictConfig, run_dir: str | Path, method_name: str) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path, method_name: str, overridden: Sequence[str] = ()) -> dict[str, Any]:
     """Execute one run into ``run_dir`` and return its record (or the existing one if complete)."""
-    return Run(cfg, run_dir, method_name).execute()
+    return Run(cfg, run_dir, method_name, overridden).execute()
+
+
+def method_overrides(task_overrides: Sequence[str]) -> list[str]:
+    """The method keys a command line sets (``method.lr=3e-4`` -> ``lr``)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in task_overrides]
+    return [k[len("method."):] for k in keys if k.startswith("method.")]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:
-        record = run(cfg, hc.runtime.output_dir, hc.runtime.choices.get("method", "?"))
+        record = run(cfg, hc.runtime.output_dir, hc.runtime.choices.get("method", "?"), method_overrides(hc.overrides.task))
     except UserError as err:
         exit_with(err, "bench.run")
     from bench.report import summary_table

@@ -63,6 +63,7 @@ class RunConfig:
     cache_dir: str = "results/cache"
     threads: int | None = bounded(None, ge=1)
     reuse_stages: bool = True
+    tuned: str | None = None   # a tuned-settings file (bench.tune), merged into the method block before parsing
     attack: dict[str, Any] = field(default_factory=dict)
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     continual: ContinualSettings = field(default_factory=ContinualSettings)

@@ -1,0 +1,1 @@
+"""Hydra plugins of unlearn-bench (``hydra_plugins`` is Hydra's namespace for plugins: no ``__init__`` there)."""
