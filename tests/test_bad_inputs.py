@@ -63,6 +63,10 @@ BAD = [
     (["model=hf", "model.pretrained=nosuch-org/nosuch-model"], ["model.pretrained='nosuch-org/nosuch-model'", "local folder"]),
     (["benchmark=tofu"], ["benchmark.data_dir"]),
     (["benchmark=file", "benchmark.path=/nonexistent/world.json"], ["/nonexistent/world.json"]),
+    (["method=npo", "+method.tune.bta=[0.1]"], ["method.tune.bta", "did you mean 'beta'"]),
+    (["method.tune.lr=[]"], ["method.tune.lr", "empty grid"]),
+    (["method.tune.lr=[-1]"], ["method.tune", "lr must be positive", "lr=-1"]),
+    (["tuned=/nonexistent/tuned.yaml"], ["tuned='/nonexistent/tuned.yaml'", "+experiment=tune", "tuned=null"]),
 ]
 
 

@@ -1,0 +1,220 @@
+"""Tuning (bench/tune.py, the tune sweeper): search spaces, the selection rules, the tuned file and its checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import tune
+from bench.errors import UserError
+from bench.record import RECORD
+from bench.run import Run, method_class
+from tests.conftest import CONF, ROOT, compose_config
+from methods.npo import NPO
+
+
+# ---- search spaces ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted((CONF / "method").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_method_declares_a_valid_search_space_with_an_lr_grid(path):
+    block, raw = tune.split_tune(yaml.safe_load(path.read_text()))
+    space = tune.parse_space(method_class(block), block, raw)
+    assert "lr" in space and len(space["lr"]) >= 2, path.stem
+    assert block.get("lr") in space["lr"], f"{path.stem}: the YAML's own lr is not in its grid"
+
+
+@pytest.mark.parametrize("raw,needles", [
+    ({"bta": [0.1]}, ["method.tune.bta", "did you mean 'beta'", "NPO"]),
+    ({"lr": []}, ["method.tune.lr", "empty grid"]),
+    ({"lr": 1e-4}, ["method.tune.lr", "list of values"]),
+    ({"lr": [1e-4, 1e-4]}, ["method.tune.lr", "twice"]),
+    ({"beta": [0.1, -1.0]}, ["method.tune", "beta", "beta=-1.0"]),
+    ([1e-4], ["method.tune", "map hyperparameters"]),
+])
+def test_bad_search_space_is_a_config_error_naming_the_key(raw, needles):
+    with pytest.raises(tune.TuneError) as info:
+        tune.parse_space(NPO, {"lr": 1e-4, "beta": 0.1}, raw)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+
+
+def test_grid_and_override_syntax():
+    space = {"lr": (1e-4, 3e-4), "layers": ([0], [0, 1])}
+    assert tune.grid(space) == [{"lr": 1e-4, "layers": [0]}, {"lr": 1e-4, "layers": [0, 1]},
+                                {"lr": 3e-4, "layers": [0]}, {"lr": 3e-4, "layers": [0, 1]}]
+    plan = tune.Plan({"ga": {"lr": [1e-05]}}, [1000, 1001], "utility", "knowledge/retain/model_utility", ["threads=1"])
+    assert plan.jobs() == [["threads=1", "method=ga", "method.lr=1e-05", "seed=1000"],
+                           ["threads=1", "method=ga", "method.lr=1e-05", "seed=1001"]]
+    assert tune.override_value([0, 1]) == "[0,1]" and tune.override_value("nll") == "nll"
+
+
+# ---- selection --------------------------------------------------------------------------------
+
+def _rec(method, seed, values, *, reached=True, utility=0.5, steps=50, diverged=False):
+    return {"method": method, "status": "diverged" if diverged else "complete",
+            "config": {"seed": seed, "method": {"_target_": "x", **values}},
+            "unlearn": {"steps": steps, "reached_target": reached, "diverged": diverged},
+            "rows": [{"stage": "unlearned", "suite": "knowledge", "split": "retain", "metric": "model_utility",
+                      "value": utility, "n": 1},
+                     {"stage": "unlearned", "suite": "knowledge", "split": "forget", "metric": "mcq_acc", "value": 0.3,
+                      "n": 1}]}
+
+
+def _plan(rule="utility", seeds=(1000, 1001)):
+    return tune.Plan({"npo": {"lr": [1e-4, 3e-4], "beta": [0.1, 0.5]}, "ga": {"lr": [1e-4, 3e-4]}}, list(seeds), rule,
+                     "knowledge/retain/model_utility")
+
+
+def _npo_records(seeds=(1000, 1001)):
+    # (lr, beta) -> reached, utility, steps
+    table = {(1e-4, 0.1): (False, 0.95, 300), (1e-4, 0.5): (True, 0.70, 200),
+             (3e-4, 0.1): (True, 0.80, 90), (3e-4, 0.5): (True, 0.80, 60)}
+    return [_rec("npo", s, {"lr": lr, "beta": b}, reached=r, utility=u, steps=st)
+            for (lr, b), (r, u, st) in table.items() for s in seeds]
+
+
+def test_utility_rule_picks_most_utility_among_reached_ties_to_fewer_steps():
+    records = _npo_records() + [_rec("ga", s, {"lr": lr}, reached=False) for s in (1000, 1001) for lr in (1e-4, 3e-4)]
+    sel = tune.select(_plan(), records)
+    assert sel.chosen["npo"].values == {"lr": 3e-4, "beta": 0.5}  # 0.95 never reached; 0.80 twice: 60 < 90 steps
+    assert sel.chosen["ga"] is None
+    out = sel.tuned_file("sweep")
+    assert out["methods"]["ga"] == {"values": None, "status": tune.NO_SETTING}
+    assert out["methods"]["npo"]["values"] == {"lr": 3e-4, "beta": 0.5} and out["seeds"] == [1000, 1001]
+    md = sel.markdown()
+    assert tune.NO_SETTING in md and "✓" in md and "1000, 1001" in md
+
+
+def test_lowest_lr_rule_reproduces_the_ssiuu_protocol():
+    sel = tune.select(_plan("lowest_lr"), _npo_records())
+    assert sel.chosen["npo"].values == {"lr": 1e-4, "beta": 0.5}
+
+
+def test_a_setting_must_reach_the_target_on_every_tuning_seed():
+    records = _npo_records(seeds=(1000,))  # seed 1001 never ran: nothing reached on every seed
+    assert tune.select(_plan(), records).chosen["npo"] is None
+    records = _npo_records() + [_rec("npo", 1001, {"lr": 3e-4, "beta": 0.5}, reached=True, diverged=True)]
+    records = [r for r in records if not (r["config"]["seed"] == 1001 and r["config"]["method"] == {"_target_": "x", "lr": 3e-4, "beta": 0.5}
+                                          and not r["unlearn"]["diverged"])]
+    assert tune.select(_plan(), records).chosen["npo"].values == {"lr": 3e-4, "beta": 0.1}  # the diverged one is out
+
+
+# ---- loading a tuned file into a run ----------------------------------------------------------
+
+def _tuned_file(tmp_path, methods, seeds=(1000,), context=None):
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump({"rule": "utility", "utility": "knowledge/retain/model_utility", "seeds": list(seeds),
+                                    "context": context or {}, "methods": methods}))
+    return path
+
+
+def test_tuned_values_reach_the_run_and_its_record_identity(tmp_path):
+    path = _tuned_file(tmp_path, {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}})
+    r = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}"), tmp_path / "run", "ga")
+    assert r.method.lr == 3e-4 and r.resolved["method"]["lr"] == 3e-4 and "tune" not in r.resolved["method"]
+    assert r.tuning["seeds"] == [1000] and r.tuning["values"] == {"lr": 3e-4}
+    plain = Run(compose_config(f"cache_dir={tmp_path}", "method.lr=3e-4"), tmp_path / "run", "ga")
+    assert plain.cfg_hash != r.cfg_hash
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("tuning_seed", ["seed=1000", "tuning seeds [1000]"]),
+    ("no_value", [tune.NO_SETTING, "widen", "tune: grid"]),
+    ("other_method", ["no settings for method 'ga'", "tuned=null"]),
+    ("other_config", ["another config", "unlearn.max_steps"]),
+    ("overridden", ["method.lr is set on the command line"]),
+])
+def test_tuned_file_misuse_fails_before_compute(tmp_path, case, needles):
+    methods = {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}}
+    overrides, overridden, context = [], (), None
+    if case == "tuning_seed":
+        overrides = ["seed=1000"]
+    elif case == "no_value":
+        methods = {"ga": {"values": None, "status": tune.NO_SETTING}}
+    elif case == "other_method":
+        methods = {"npo": methods["ga"]}
+    elif case == "other_config":
+        context = {"unlearn": {**compose_config().unlearn, "max_steps": 999}}
+    else:
+        overridden = ("lr",)
+    path = _tuned_file(tmp_path, methods, context=context)
+    with pytest.raises(UserError) as info:
+        Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", *overrides), tmp_path / "run", "ga", overridden)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+    assert not (tmp_path / "models").exists()
+
+
+def test_report_says_which_seeds_tuned_and_which_reported():
+    from bench.report import records_frame, build_table, legend
+
+    rec = _rec("ga", 0, {"lr": 3e-4})
+    rec["rows"].append({"stage": "target", "suite": "knowledge", "split": "forget", "metric": "mcq_acc", "value": 1.0, "n": 1})
+    tuned = {**rec, "tuning": {"file": "results/tuned.yaml", "seeds": [1000, 1001], "rule": "utility", "values": {"lr": 3e-4}}}
+    note = legend(build_table(records_frame([tuned, {**tuned, "config": {**tuned["config"], "seed": 1}}])))
+    assert "seeds reported: 0, 1; method settings tuned on seeds 1000, 1001 (rule utility; results/tuned.yaml)" in note
+    assert "no tuned= file" in legend(build_table(records_frame([rec])))
+
+
+# ---- the sweep, end to end (micro world) ------------------------------------------------------
+
+def test_tune_sweep_selects_writes_and_a_tuned_run_loads_it(tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    sweep, out = tmp_path / "sweep", tmp_path / "tuned.yaml"
+    common = [f"cache_dir={tmp_path / 'cache'}", "threads=1"]
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "-m", "+experiment=[micro,tune]", *common, "method=ga",
+                           "method.tune.lr=[1e-5,1e-2]", "hydra.sweeper.seeds=[1000]", f"hydra.sweeper.out={out}",
+                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(sweep.rglob(RECORD))) == 2
+    tuned = yaml.safe_load(out.read_text())
+    assert tuned["seeds"] == [1000] and tuned["rule"] == "utility"
+    # On the micro world lr 1e-5 cannot reach the target in 10 steps; 1e-2 does.
+    assert tuned["methods"]["ga"]["values"] == {"lr": 1e-2}, (sweep / "tune_table.md").read_text()
+    assert (sweep / "tune_table.csv").exists() and (sweep / "tuned.yaml").read_text() == out.read_text()
+    # Selection again from the records, under the other rule, without rerunning anything.
+    assert "lr=0.01" in tune.select_dir(sweep, "lowest_lr")
+    # A reported seed loads it; a tuning seed is refused before compute.
+    reported = [f"tuned={out}", "suites=[knowledge]", "unlearn.stop_at=oracle"]  # the tune preset's stopping target
+    r = Run(compose_config(*reported, f"cache_dir={tmp_path / 'cache'}", "seed=0"), tmp_path / "run", "ga")
+    assert r.method.lr == 1e-2
+    bad = subprocess.run([sys.executable, "-m", "bench.run", "+experiment=micro", *common, *reported, "seed=1000",
+                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "tuning seeds [1000]" in bad.stderr, bad.stderr
+
+
+def test_tune_settings_are_checked():
+    with pytest.raises(tune.TuneError, match="did you mean 'lowest_lr'"):
+        tune.check_rule("lowest")
+    with pytest.raises(tune.TuneError, match="distinct integers"):
+        tune.check_seeds([1000, 1000])
+    with pytest.raises(tune.TuneError, match="suite/split/metric"):
+        tune.parse_metric("model_utility")
+    with pytest.raises(tune.TuneError, match="unlearn.stop_at=null"):
+        tune.check_run_config({"unlearn": {"stop_at": None}, "suites": ["knowledge"]}, "knowledge/retain/model_utility")
+    with pytest.raises(tune.TuneError, match="suites=\\[knowledge\\]"):
+        tune.check_run_config({"unlearn": {"stop_at": "oracle"}, "suites": ["privacy"]}, "knowledge/retain/model_utility")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["method=ga", "method.tune.lr=[]"], "method.tune.lr is an empty grid"),
+    (["method=ga", "seed=1,2"], "hydra.sweeper.seeds"),
+])
+def test_tune_sweep_bad_input_is_one_line_before_any_job(tmp_path, args, needle):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "-m", "+experiment=[micro,tune]", *args,
+                           f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert len(errors) == 1 and needle in errors[0], errors
+    assert not (tmp_path / "cache").exists() and not list((tmp_path / "sweep").rglob(RECORD))
