@@ -52,11 +52,11 @@ def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: flo
 def mdd_table(df: pd.DataFrame, baseline: str, n: int = 5, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
     """Per (row, headline column): pairs measured, SD of the seed-paired differences to the baseline row of
     the same reference group, and the MDD at ``n`` seeds."""
-    from bench.report import _table_rows, baseline_rows, build_table, per_seed
+    from bench.report import table_rows, baseline_rows, build_table, per_seed
 
     t = build_table(df)
     base_of = baseline_rows(t.infos, baseline)
-    rows = _table_rows(df)
+    rows = table_rows(df)
     out = []
     for col in t.columns:
         wide = per_seed(rows, col).pivot_table(index="seed", columns="row", values="value", dropna=False)

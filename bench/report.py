@@ -316,7 +316,7 @@ def load_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 # ---- aggregation ------------------------------------------------------------------------------
 
-def _table_rows(df: pd.DataFrame) -> pd.DataFrame:
+def table_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Lines that feed table cells: reference and unlearned stages; a diverged run's unlearned numbers never."""
     df = df[df["stage"].isin(TABLE_STAGES)]
     return df[~((df["stage"] == UNLEARNED) & df["diverged"].astype(bool))]
@@ -355,7 +355,7 @@ def per_seed(df: pd.DataFrame, col: Column) -> pd.DataFrame:
 
 def aggregate(df: pd.DataFrame, columns: list[Column] | None = None) -> pd.DataFrame:
     """Long table of (row, column, mean, ci, n) with n the seeds that have a finite value."""
-    rows = _table_rows(df)
+    rows = table_rows(df)
     out = []
     for col in columns if columns is not None else columns_present(df, full=True):
         for row, grp in per_seed(rows, col).groupby("row", sort=False):
@@ -600,7 +600,7 @@ def paired_table(df: pd.DataFrame, baseline: str, t: Table | None = None) -> Pai
     """Every other row minus the baseline row of its reference group, paired by seed, per column."""
     t = t or build_table(df)
     base_of = baseline_rows(t.infos, baseline)
-    rows = _table_rows(df)
+    rows = table_rows(df)
     seeds = {c.label: per_seed(rows, c).pivot_table(index="seed", columns="row", values="value", dropna=False)
              for c in t.columns}
     long, text_rows = [], {}

@@ -82,8 +82,9 @@ def build_method(block: dict[str, Any]) -> Method:
     ``tune:`` search space (bench.tune) is checked here too, for every run, and is not a hyperparameter."""
     cls = method_class(block)
     block, space = split_tune(block)
+    method = parse_settings(cls, block, "method", ignore=("_target_",))  # the block's own errors name method.<key>
     parse_space(cls, block, space)
-    return parse_settings(cls, block, "method", ignore=("_target_",))
+    return method
 
 
 def instantiate_method(cfg: DictConfig) -> Method:

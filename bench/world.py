@@ -270,8 +270,8 @@ def _validate(n_people, forget_fraction, holdout_fraction, n_relations, n_option
 # -- the world ----------------------------------------------------------------------------
 
 
-def synthetic_world(seed: int = 0, n_people: int = 80, forget_fraction: float = 0.1,
-                    holdout_fraction: float = 0.1, n_relations: int = 6, n_options: int = 4,
+def synthetic_world(seed: int = 0, n_people: int = 100, forget_fraction: float = 0.35,
+                    holdout_fraction: float = 0.15, n_relations: int = 6, n_options: int = 4,
                     n_perturbed: int = 3, n_general_facts: int = 40, n_general_text: int = 60,
                     n_heldout_text: int = 30) -> Benchmark:
     """Generate the synthetic world (deterministic from the arguments).

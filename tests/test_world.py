@@ -60,8 +60,10 @@ def test_same_seed_same_world_and_different_seed_differs():
 
 def test_default_sizes_and_ids(world):
     groups = {s: world.groups(s) for s in ("forget", "retain", "holdout", "general")}
-    assert [len(groups[s]) for s in ("forget", "holdout", "retain", "general")] == [8, 8, 64, 40]
-    assert len(world.split("forget")) == 8 * 6 and len(world.split("retain")) == 64 * 6
+    assert [len(groups[s]) for s in ("forget", "holdout", "retain", "general")] == [35, 15, 50, 40]
+    # Issue 13 (power): >= 209 forget facts, so a chance-level forget mcq has binomial SD <= 0.03 per seed.
+    assert len(world.split("forget")) == 35 * 6 and len(world.split("retain")) == 50 * 6
+    assert (0.25 * 0.75 / len(world.split("forget"))) ** 0.5 <= 0.03
     assert len(world.general_text) == 60 and len(world.heldout_text) == 30
     assert world.name == "synthetic" and world.n_options == 4
     for it in world.items:
@@ -123,7 +125,7 @@ def test_benchmark_validates_and_roundtrips(world, tmp_path):
 
 def test_names_unique_prefix_free_and_absent_from_general(world):
     names = list(_names(world).values())
-    assert len(names) == 80 and len(set(names)) == 80
+    assert len(names) == 100 and len(set(names)) == 100
     for a in names:
         assert not any(b != a and b.startswith(a) for b in names)
     parts = {p for n in names for p in n.split()}
@@ -225,6 +227,8 @@ def test_hydra_config_lists_every_argument_with_its_default():
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "benchmark" / "synthetic.yaml"))
     assert cfg.pop("_target_") == "bench.world.synthetic_world"
+    assert cfg["seed"] == "${seed}"  # the world follows the run's seed (tuning seeds are other worlds)
+    cfg["seed"] = 0
     params = inspect.signature(synthetic_world).parameters
     assert cfg == {k: p.default for k, p in params.items()}
 
