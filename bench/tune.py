@@ -241,10 +241,6 @@ class Setting:
     steps: list[float] = field(default_factory=list)
     forget_mcq: list[float] = field(default_factory=list)
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.seeds)
-
     def ok(self, n_seeds: int) -> bool:
         """Reached the target on every tuning seed (a missing or diverged run counts as not reached)."""
         return len(self.reached) == n_seeds and all(self.reached) and not any(self.diverged)

@@ -218,3 +218,18 @@ def test_tune_sweep_bad_input_is_one_line_before_any_job(tmp_path, args, needle)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     assert len(errors) == 1 and needle in errors[0], errors
     assert not (tmp_path / "cache").exists() and not list((tmp_path / "sweep").rglob(RECORD))
+
+
+@pytest.mark.slow
+def test_tune_sweep_composes_with_the_joblib_launcher(tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "-m", "+experiment=[micro,tune]", "hydra/launcher=joblib",
+                           "hydra.launcher.n_jobs=2", "method=ga,npo", "method.tune.lr=[1e-5,1e-2]",
+                           "hydra.sweeper.seeds=[1000,1001]", "hydra.sweeper.out=null", "threads=1",
+                           f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(sweep.rglob(RECORD))) == (2 + 2 * 3) * 2  # ga: 2 lrs; npo: 2 lrs x 3 betas; 2 seeds
+    tuned = yaml.safe_load((sweep / "tuned.yaml").read_text())
+    assert set(tuned["methods"]) == {"ga", "npo"} and tuned["seeds"] == [1000, 1001]
