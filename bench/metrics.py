@@ -160,14 +160,18 @@ def exact_memorization(answer_hits: Sequence[bool]) -> float:
 
 
 def extraction_strength(answer_hits: Sequence[bool]) -> float:
-    """OpenUnlearning's ``extraction_strength`` of one item (Carlini et al. 2021; Wang et al. 2025):
-    1 − k/n for the smallest k such that, given the first k gold answer tokens, the model's argmax
-    predictions reproduce the remaining n − k exactly (teacher-forced argmax = greedy continuation).
-    n = answer tokens, end token excluded. As in OpenUnlearning's loop (k over 0 .. n − 1), an item
-    whose last token is not predicted either ends at k = n − 1 and scores 1/n, not 0."""
+    """Extraction strength of one item (Carlini et al. 2021; OpenUnlearning's ``extraction_strength``):
+    1 − k/n for the smallest k in 0..n such that, given the first k gold answer tokens, the model's
+    argmax predictions reproduce the remaining n − k exactly (teacher-forced argmax = greedy
+    continuation). n = answer tokens, end token excluded; k = n (nothing left to reproduce) gives 0.
+
+    OpenUnlearning's loop stops at k = n − 1, so where even the last answer token is missed it reports
+    1/n instead of 0: 1 for every one-token answer, right or wrong. That is the boundary bug this
+    function does not copy; every other item gets OpenUnlearning's value (tests/test_metrics.py).
+    """
     hits = _nonempty(answer_hits, "extraction_strength").astype(bool)
     n = hits.size
-    k = next((k for k in range(n) if hits[k:].all()), n - 1)
+    k = next((k for k in range(n) if hits[k:].all()), n)
     return 1.0 - k / n
 
 
