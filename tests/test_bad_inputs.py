@@ -63,6 +63,12 @@ BAD = [
     (["model=hf", "model.pretrained=nosuch-org/nosuch-model"], ["model.pretrained='nosuch-org/nosuch-model'", "local folder"]),
     (["benchmark=tofu"], ["benchmark.data_dir"]),
     (["benchmark=file", "benchmark.path=/nonexistent/world.json"], ["/nonexistent/world.json"]),
+    (["suite_settings.privacy.attacks=[loss,minkk]"], ["suite_settings.privacy.attacks", "did you mean 'mink'"]),
+    (["suite_settings.privacy.reference=retrained"], ["suite_settings.privacy.reference", "'oracle'"]),
+    (["suites=[knowledge,muse]"], ["suite muse", "benchmark=muse"]),
+    (["benchmark=muse"], ["benchmark.data_dir"]),
+    (["benchmark=muse", "benchmark.data_dir=/nonexistent/muse"], ["benchmark.data_dir='/nonexistent/muse'", "not a folder"]),
+    (["benchmark=muse", "benchmark.data_dir=tests/fixtures/muse", "benchmark.corpus=novel"], ["benchmark.corpus='novel'", "'news'"]),
 ]
 
 
