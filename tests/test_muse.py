@@ -149,3 +149,17 @@ def test_full_run_on_muse_fixture(tmp_path):
     # the privacy suite scored MUSE's privleak passages (3 + 3), not QA items
     n = {r["metric"]: r["n"] for r in record["rows"] if r["stage"] == "target" and r["split"] == "forget" and r["suite"] == "privacy"}
     assert n["mia_auc@mink"] == 6
+
+
+def test_membership_text_is_validated_and_kept_by_benchmark_files(tmp_path, micro_bench):
+    from dataclasses import replace
+
+    b = replace(micro_bench, membership_text={"forget": ["a b"], "holdout": ["c d"]})
+    b.to_json(tmp_path / "w.json")
+    from bench.benchmark import Benchmark
+
+    assert Benchmark.from_json(tmp_path / "w.json").membership_text == {"forget": ["a b"], "holdout": ["c d"]}
+    with pytest.raises(BenchmarkError, match="'holdout' is missing or empty"):
+        replace(micro_bench, membership_text={"forget": ["a"]})
+    with pytest.raises(BenchmarkError, match=r"membership_text has split\(s\) \['general'\]"):
+        replace(micro_bench, membership_text={"forget": ["a"], "holdout": ["b"], "general": ["c"]})
