@@ -64,9 +64,10 @@ def token_stats(model: torch.nn.Module, examples: Sequence[tuple[list[int], list
             logp_all = F.log_softmax(logits, dim=-1)
             gold = torch.gather(logp_all, 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             hit = logits.argmax(-1) == target
-            p = logp_all.exp()
-            mean = (p * logp_all).sum(-1)
-            var = (p * logp_all.square()).sum(-1) - mean.square()
+            plogp = logp_all.exp() * logp_all  # one [B, T, V] temporary: real vocabularies are large
+            mean = plogp.sum(-1)
+            var = (plogp * logp_all).sum(-1) - mean.square()
+            del plogp
             for i in range(target.shape[0]):
                 m = mask[i]
                 out.logprobs.append(gold[i][m].cpu().numpy())
