@@ -5,8 +5,8 @@ em (greedy answer exact), mcq_acc (forced choice, chance 1/k), answer_prob (leng
 answer probability), truth_ratio (forget side: mean min(R, 1/R); otherwise mean max(0, 1 − R)),
 rougeL_recall (greedy generation vs gold), exact_memorization (fraction of answer tokens that are
 the teacher-forced argmax) and extraction_strength (1 − k/n for the fewest k gold answer tokens after
-which greedy decoding reproduces the rest), both OpenUnlearning's, end token excluded. forget_quality: KS p-value of the stage's forget
-truth ratios against the oracle's. A paraphrase view is skipped when the benchmark has no
+which greedy decoding reproduces the rest), both OpenUnlearning's, end token excluded.
+forget_quality: KS p-value of the stage's forget truth ratios against the oracle's. A paraphrase view is skipped when the benchmark has no
 paraphrased questions; mcq_acc and truth_ratio are not reported for answer-only splits (no
 options or wrong answers exist to score them).
 
