@@ -122,6 +122,8 @@ class Benchmark:
     ``metric_protocol``: ``harness`` pools the general split into model utility; ``tofu`` scores
     each relation of the general split (real authors, world facts) separately with an
     option-normalised answer probability, as OpenUnlearning's 9-part model utility does.
+    ``membership_text`` (MUSE's privleak sets): passages by split (forget and holdout required,
+    retain optional) that the privacy suite scores whole instead of the QA items; empty = score the items.
     """
 
     name: str
@@ -132,6 +134,7 @@ class Benchmark:
     forget_text: list[str] = field(default_factory=list)
     max_new_tokens: int = 8
     metric_protocol: str = "harness"
+    membership_text: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -196,6 +199,7 @@ class Benchmark:
             if not it.answer_only and len(it.options) != k:
                 raise BenchmarkError(f"{where}item {it.id!r} has {len(it.options)} options, others have {k}: "
                                      "use the same number of options everywhere (chance = 1/k)")
+        self._validate_membership_text(where)
         owner: dict[str, str] = {}
         for it in self.items:
             prev = owner.setdefault(it.group, it.split)
@@ -204,12 +208,40 @@ class Benchmark:
                     f"{where}group {it.group!r} appears in splits {prev!r} and {it.split!r}; splits overlap. "
                     "Assign each group (person) to exactly one split.")
 
+    def _validate_membership_text(self, where: str) -> None:
+        if not self.membership_text:
+            return
+        allowed = ("forget", "retain", "holdout")
+        unknown = sorted(set(self.membership_text) - set(allowed))
+        if unknown:
+            raise BenchmarkError(f"{where}membership_text has split(s) {unknown}; use {list(allowed)}")
+        for s in ("forget", "holdout"):
+            if not self.membership_text.get(s):
+                raise BenchmarkError(f"{where}membership_text needs non-empty 'forget' (members) and 'holdout' "
+                                     f"(non-members) passages; {s!r} is missing or empty")
+        seen: dict[str, str] = {}
+        for s, texts in self.membership_text.items():
+            for i, t in enumerate(texts):
+                if not isinstance(t, str) or not t.strip():
+                    raise BenchmarkError(f"{where}membership_text[{s!r}][{i}] must be a non-blank string")
+                prev = seen.setdefault(t, s)
+                if prev != s:
+                    raise BenchmarkError(f"{where}membership_text: passage {t[:50]!r} is in both {prev!r} and {s!r}; "
+                                         "members and non-members overlap. Keep each passage in one split.")
+
+    def scored_sequences(self) -> list[tuple[str, str, int]]:
+        """(description, text, tokens generated after it) of the free texts scored besides the QA items;
+        ``bench.data.check_lengths`` checks them against the model's positions. A benchmark with its
+        own evaluation prompts (MUSE) adds them."""
+        return [(f"membership_text[{s!r}][{i}]", t, 1) for s, texts in self.membership_text.items()
+                for i, t in enumerate(texts)]
+
     # -- files --------------------------------------------------------------------------
     def to_json(self, path: str | Path) -> None:
         data = {"name": self.name, "prompt_template": self.prompt_template,
                 "general_text": self.general_text, "heldout_text": self.heldout_text,
                 "forget_text": self.forget_text, "max_new_tokens": self.max_new_tokens,
-                "metric_protocol": self.metric_protocol,
+                "metric_protocol": self.metric_protocol, "membership_text": self.membership_text,
                 "items": [asdict(it) for it in self.items]}
         Path(path).write_text(json.dumps(data, indent=1))
 
@@ -237,7 +269,8 @@ class Benchmark:
                        prompt_template=data.get("prompt_template", cls.prompt_template),
                        forget_text=list(data.get("forget_text", [])),
                        max_new_tokens=data.get("max_new_tokens", cls.max_new_tokens),
-                       metric_protocol=data.get("metric_protocol", cls.metric_protocol))
+                       metric_protocol=data.get("metric_protocol", cls.metric_protocol),
+                       membership_text={k: list(v) for k, v in data.get("membership_text", {}).items()})
         except BenchmarkError as e:
             raise BenchmarkError(f"{path}: {e}") from None
 

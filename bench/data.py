@@ -166,6 +166,10 @@ def check_lengths(tokenizer, bench: Benchmark, max_positions: int) -> int:
             n = bos + n_tokens(t) + 1
             if n > longest:
                 longest, worst = n, f"{kind}[{i}] ({n} tokens)"
+    for what, text, generated in bench.scored_sequences():
+        n = bos + n_tokens(text) + generated
+        if n > longest:
+            longest, worst = n, f"{what} ({n} tokens with the {generated} generated or end token(s))"
     if longest > max_positions:
         raise BenchmarkError(
             f"benchmark {bench.name!r}: {worst} needs {longest} positions but the model has "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -105,6 +106,75 @@ def min_k_score(token_logprobs: Sequence[float], k: float = 0.4) -> float:
     return float(np.mean(lp[:n]))
 
 
+def loss_score(token_logprobs: Sequence[float]) -> float:
+    """LOSS attack (Yeom et al. 2018) score: the mean log-prob of every labelled token, the end token
+    included, i.e. minus OpenUnlearning's ``avg_loss`` (``evaluate_probability`` averages the loss over
+    all labelled tokens). Higher = more likely a member; OpenUnlearning scores the loss and flips the
+    AUC labels instead, which gives the same AUC."""
+    return float(np.mean(_nonempty(token_logprobs, "loss_score")))
+
+
+def zlib_compressed_length(text: str) -> int:
+    """Bytes of zlib-compressed UTF-8 text at zlib's default level: the zlib attack's normaliser."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_score(token_logprobs: Sequence[float], text: str) -> float:
+    """zlib attack (Carlini et al. 2021) score: ``loss_score`` / zlib-compressed length of the scored text
+    (OpenUnlearning's ``ZLIBAttack``: avg_loss / len(zlib.compress(text)), sign flipped like loss_score).
+    ``text`` is what the labelled tokens spell (the answer; MUSE: the whole passage)."""
+    if not text:
+        raise ValueError("zlib_score: empty text has no compressed length to normalise by")
+    return loss_score(token_logprobs) / zlib_compressed_length(text)
+
+
+def min_k_plus_plus_score(token_logprobs: Sequence[float], vocab_mean: Sequence[float], vocab_var: Sequence[float],
+                          k: float = 0.4) -> float:
+    """Min-K%++ (Zhang et al. 2024): per token z_t = (log p(x_t) − μ_t) / σ_t, where μ_t and σ_t² are the
+    mean and variance of log p over the vocabulary under the model's own next-token distribution
+    (μ_t = Σ_v p_v log p_v, σ_t² = Σ_v p_v (log p_v)² − μ_t², σ_t² clamped at 1e-6 as OpenUnlearning's
+    ``MinKPlusPlusAttack`` does); the score is the mean of the lowest max(1, ⌊k·n⌋) z_t. Answer tokens
+    only, end token excluded (as ``min_k_score``). Higher = more likely a member (OpenUnlearning
+    returns the negation)."""
+    lp = _nonempty(token_logprobs, "min_k_plus_plus_score")
+    mu, var = np.asarray(vocab_mean, dtype=np.float64), np.asarray(vocab_var, dtype=np.float64)
+    if mu.shape != lp.shape or var.shape != lp.shape:
+        raise ValueError("min_k_plus_plus_score: one vocabulary mean and variance per token is required")
+    z = np.sort((lp - mu) / np.sqrt(np.maximum(var, 1e-6)))
+    n = max(1, math.floor(k * z.size))
+    return float(np.mean(z[:n]))
+
+
+def reference_score(token_logprobs: Sequence[float], reference_token_logprobs: Sequence[float]) -> float:
+    """Reference attack (Carlini et al. 2022) score: loss_reference − loss_model over every labelled token
+    (end token included), i.e. minus OpenUnlearning's ``ReferenceAttack`` score target_loss − ref_loss.
+    Higher = the model finds the text likelier than the reference does: a member."""
+    return loss_score(token_logprobs) - loss_score(reference_token_logprobs)
+
+
+def exact_memorization(answer_hits: Sequence[bool]) -> float:
+    """OpenUnlearning's ``exact_memorization`` of one item: the fraction of answer tokens (end token
+    excluded) that are the teacher-forced argmax prediction."""
+    hits = _nonempty(answer_hits, "exact_memorization")
+    return float(hits.mean())
+
+
+def extraction_strength(answer_hits: Sequence[bool]) -> float:
+    """Extraction strength of one item (Carlini et al. 2021; OpenUnlearning's ``extraction_strength``):
+    1 − k/n for the smallest k in 0..n such that, given the first k gold answer tokens, the model's
+    argmax predictions reproduce the remaining n − k exactly (teacher-forced argmax = greedy
+    continuation). n = answer tokens, end token excluded; k = n (nothing left to reproduce) gives 0.
+
+    OpenUnlearning's loop stops at k = n − 1, so where even the last answer token is missed it reports
+    1/n instead of 0: 1 for every one-token answer, right or wrong. That is the boundary bug this
+    function does not copy; every other item gets OpenUnlearning's value (tests/test_metrics.py).
+    """
+    hits = _nonempty(answer_hits, "extraction_strength").astype(bool)
+    n = hits.size
+    k = next((k for k in range(n) if hits[k:].all()), n)
+    return 1.0 - k / n
+
+
 def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
     """AUC of a membership score separating members (label 1) from non-members (label 0)."""
     m = _nonempty(member_scores, "mia_auc (members)")
@@ -145,3 +215,14 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> lis
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs a line per scorer
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references, strict=True)]
+
+
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F1 of each prediction against its reference, ``rouge-score`` without a stemmer: MUSE's
+    VerbMem and KnowMem (``RougeEvalLogger``: ``use_stemmer=False``, ``rougeL.fmeasure``; its default
+    aggregate ``mean_rougeL``). OpenUnlearning's port scores ``rougeL_f1`` with the Porter stemmer."""
+    from rouge_score import rouge_scorer
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]

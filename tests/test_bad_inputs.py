@@ -67,6 +67,12 @@ BAD = [
     (["method.tune.lr=[]"], ["method.tune.lr", "empty grid"]),
     (["method.tune.lr=[-1]"], ["method.tune", "lr must be positive", "lr=-1"]),
     (["tuned=/nonexistent/tuned.yaml"], ["tuned='/nonexistent/tuned.yaml'", "+experiment=tune", "tuned=null"]),
+    (["suite_settings.privacy.attacks=[loss,minkk]"], ["suite_settings.privacy.attacks", "did you mean 'mink'"]),
+    (["suite_settings.privacy.reference=retrained"], ["suite_settings.privacy.reference", "'oracle'"]),
+    (["suites=[knowledge,muse]"], ["suite muse", "benchmark=muse"]),
+    (["benchmark=muse"], ["benchmark.data_dir"]),
+    (["benchmark=muse", "benchmark.data_dir=/nonexistent/muse"], ["benchmark.data_dir='/nonexistent/muse'", "not a folder"]),
+    (["benchmark=muse", "benchmark.data_dir=tests/fixtures/muse", "benchmark.corpus=novel"], ["benchmark.corpus='novel'", "'news'"]),
 ]
 
 

@@ -20,7 +20,7 @@ def _records():
             recs.append(_record(method, seed, [
                 ("target", "em", "forget", "knowledge", 1.0), ("oracle", "em", "forget", "knowledge", 0.0),
                 ("unlearned", "em", "forget", "knowledge", f), ("unlearned", "em", "retain", "knowledge", r),
-                ("unlearned", "privleak", "forget", "privacy", -5.0 if method == "ga" else 2.0),
+                ("unlearned", "privleak@mink", "forget", "privacy", -5.0 if method == "ga" else 2.0),
             ]))
     return recs
 

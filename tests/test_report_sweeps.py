@@ -295,8 +295,8 @@ def test_directions_are_declared_by_the_modules_that_make_the_rows():
         assert getattr(suite_module(name), "DIRECTIONS", None), f"suite {name} declares no DIRECTIONS"
     assert directions.direction("knowledge", "forget", "em") == "lower"
     assert directions.direction("knowledge", "retain", "em") == "higher"
-    assert directions.direction("privacy", "forget", "privleak") == "zero"
-    assert directions.direction("privacy", "forget", "mia_auc") == "half"
+    assert directions.direction("privacy", "forget", "privleak@mink") == "zero"
+    assert directions.direction("privacy", "forget", "mia_auc@loss") == "half"
     assert directions.direction("unlearn", "forget", "steps") == "lower"
     assert directions.direction("continual", "forget", "mcq_acc@request2") == "lower"
     assert directions.direction("nosuchsuite", "forget", "x") is None

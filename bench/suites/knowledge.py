@@ -3,8 +3,10 @@
 Per split view (forget, forget_paraphrase, retain, retain_paraphrase, holdout, general):
 em (greedy answer exact), mcq_acc (forced choice, chance 1/k), answer_prob (length-normalised
 answer probability), truth_ratio (forget side: mean min(R, 1/R); otherwise mean max(0, 1 − R)),
-rougeL_recall (greedy generation vs gold). forget_quality: KS p-value of the stage's forget
-truth ratios against the oracle's. A paraphrase view is skipped when the benchmark has no
+rougeL_recall (greedy generation vs gold), exact_memorization (fraction of answer tokens that are
+the teacher-forced argmax) and extraction_strength (1 − k/n for the fewest k gold answer tokens after
+which greedy decoding reproduces the rest), both OpenUnlearning's, end token excluded.
+forget_quality: KS p-value of the stage's forget truth ratios against the oracle's. A paraphrase view is skipped when the benchmark has no
 paraphrased questions; mcq_acc and truth_ratio are not reported for answer-only splits (no
 options or wrong answers exist to score them).
 
@@ -27,11 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.benchmark import Benchmark
-from bench.items import SPLIT_VIEWS, ItemScores, score_items
-from bench.metrics import forget_quality, model_utility, truth_ratio_forget, truth_ratio_retain
+from bench.data import encode_qa, pad_id
+from bench.items import SPLIT_VIEWS, ItemScores, prompts, score_items
+from bench.metrics import (exact_memorization, extraction_strength, forget_quality, model_utility, truth_ratio_forget,
+                           truth_ratio_retain)
 from bench.settings import bounded
 from bench.stages import ORACLE
 from bench.suites import Row, SuiteContext, SuiteOutput
+from bench.token_stats import token_stats
 
 SUITE = "knowledge"
 
@@ -41,7 +46,8 @@ DIRECTIONS = [
     (r".*", r"forget_quality", "higher"),  # KS p-value against the oracle
     (r".*", r"model_utility", "higher"),
     (r".*", r"truth_ratio", "higher"),  # forget side mean min(R, 1/R): 1 = indifferent; elsewhere mean max(0, 1 - R)
-    (r".*", r"em|mcq_acc|answer_prob|answer_prob_normalised|rougeL_recall", "knows"),
+    (r".*", r"em|mcq_acc|answer_prob|answer_prob_normalised|rougeL_recall|exact_memorization|extraction_strength",
+     "knows"),
 ]
 
 
@@ -90,6 +96,17 @@ def split_values(scores: ItemScores, forget_side: bool) -> dict[str, float]:
     return {m: float(v) for m, v in values.items() if v is not None}
 
 
+def memorization_scores(model, split: str, ctx: SuiteContext) -> dict[str, np.ndarray]:
+    """Per item of a split view: OpenUnlearning's exact_memorization and extraction_strength, from the
+    teacher-forced argmax at each gold answer token (one forward pass; end token excluded)."""
+    source, phrasing = SPLIT_VIEWS[split]
+    items = ctx.bench.split(source)
+    examples = [encode_qa(ctx.tokenizer, p, it.answer) for p, it in zip(prompts(ctx.bench, items, phrasing), items)]
+    hits = token_stats(model, examples, pad_id(ctx.tokenizer), ctx.settings_of(SUITE).batch_size).answer_hits
+    return {"exact_memorization": np.array([exact_memorization(h) for h in hits]),
+            "extraction_strength": np.array([extraction_strength(h) for h in hits])}
+
+
 def _opt(a: np.ndarray | None, i: int):
     return None if a is None else (bool(a[i]) if a.dtype == bool else float(a[i]))
 
@@ -105,6 +122,8 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
             continue
         n = len(scores.ids)
         values = split_values(scores, split.startswith("forget"))
+        memorization = memorization_scores(model, split, ctx)
+        values.update({m: float(v.mean()) for m, v in memorization.items()})
         if split.startswith("forget"):
             oracle = ctx.reference((SUITE, split), lambda: split_scores(ctx.oracle, split, ctx))
             values["forget_quality"] = forget_quality(scores.truth_ratio, oracle.truth_ratio)
@@ -117,7 +136,8 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
             examples.append({"stage": stage, "suite": SUITE, "split": split, "id": item_id, "source_split": item_split,
                                  "generation": scores.generations[i], "em": bool(scores.em[i]),
                                  "mcq_correct": _opt(scores.mcq_correct, i), "answer_prob": float(scores.answer_prob[i]),
-                                 "truth_ratio": _opt(scores.truth_ratio, i), "rougeL_recall": float(scores.rouge_recall[i])})
+                                 "truth_ratio": _opt(scores.truth_ratio, i), "rougeL_recall": float(scores.rouge_recall[i]),
+                                 **{m: float(v[i]) for m, v in memorization.items()}})
     if ctx.bench.metric_protocol == "tofu":
         parts = [aggregates[("retain", m)] for m in ("answer_prob", "rougeL_recall", "truth_ratio")]
         rows_, parts_ = _tofu_general_rows(stage, general_scores, ctx)
