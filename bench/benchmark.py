@@ -122,6 +122,8 @@ class Benchmark:
     ``metric_protocol``: ``harness`` pools the general split into model utility; ``tofu`` scores
     each relation of the general split (real authors, world facts) separately with an
     option-normalised answer probability, as OpenUnlearning's 9-part model utility does.
+    ``instructions``: (instruction, response) pairs unrelated to every fact, learned by no model: the
+    benign relearning attack's data (``bench.benign``; empty: that attack has no data here).
     """
 
     name: str
@@ -132,6 +134,7 @@ class Benchmark:
     forget_text: list[str] = field(default_factory=list)
     max_new_tokens: int = 8
     metric_protocol: str = "harness"
+    instructions: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -156,6 +159,10 @@ class Benchmark:
 
     def prompt(self, question: str) -> str:
         return self.prompt_template.format(question=question)
+
+    def instruction_prompt(self, instruction: str) -> str:
+        """The prompt of a benign instruction example (Alpaca's layout, without its preamble)."""
+        return f"Instruction: {instruction}\nResponse:"
 
     # -- checks -------------------------------------------------------------------------
     def validate(self, where: str = "") -> None:
@@ -186,6 +193,10 @@ class Benchmark:
         if self.metric_protocol == "tofu" and (not self.split("general") or self.split("general")[0].answer_only):
             raise BenchmarkError(f"{where}metric_protocol 'tofu' scores model utility on the general split's relations "
                                  "(real authors, world facts): it needs general items with perturbed answers")
+        for i, pair in enumerate(self.instructions):
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                    or not all(isinstance(t, str) and t.strip() for t in pair)):
+                raise BenchmarkError(f"{where}instructions[{i}] must be an (instruction, response) pair of non-empty strings")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise BenchmarkError(f"{where}max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         for s in ("forget", "retain"):
@@ -210,6 +221,7 @@ class Benchmark:
                 "general_text": self.general_text, "heldout_text": self.heldout_text,
                 "forget_text": self.forget_text, "max_new_tokens": self.max_new_tokens,
                 "metric_protocol": self.metric_protocol,
+                "instructions": [{"instruction": i, "response": r} for i, r in self.instructions],
                 "items": [asdict(it) for it in self.items]}
         Path(path).write_text(json.dumps(data, indent=1))
 
@@ -237,9 +249,17 @@ class Benchmark:
                        prompt_template=data.get("prompt_template", cls.prompt_template),
                        forget_text=list(data.get("forget_text", [])),
                        max_new_tokens=data.get("max_new_tokens", cls.max_new_tokens),
-                       metric_protocol=data.get("metric_protocol", cls.metric_protocol))
+                       metric_protocol=data.get("metric_protocol", cls.metric_protocol),
+                       instructions=_instruction_pairs(data.get("instructions", []), path))
         except BenchmarkError as e:
             raise BenchmarkError(f"{path}: {e}") from None
+
+
+def _instruction_pairs(rows, path: Path) -> list[tuple[str, str]]:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(r) == {"instruction", "response"} for r in rows):
+        raise BenchmarkError(f"benchmark file {path}: 'instructions' must be a list of objects with exactly the keys "
+                             "'instruction' and 'response'")
+    return [(r["instruction"], r["response"]) for r in rows]
 
 
 def load_benchmark_file(path: str) -> Benchmark:

@@ -14,10 +14,10 @@ from bench.suites import SuiteContext
 from bench.suites import relearn as relearn_suite
 from tests.conftest import compose_config
 
-FAST = {"lrs": [1e-2], "steps": 4, "eval_steps": [0, 2, 4], "batch_size": 4}
-# The default attacks shrunk to the micro world (2 forget people) and a few steps.
-MICRO_ATTACKS = ["attack.rtt.folds=2"] + [f"attack.{a}.{k}={v}".replace(" ", "") for a in ("harmful", "rtt", "benign", "lora")
-                                          for k, v in FAST.items()]
+FAST = {"lrs": [1e-2], "steps": 4, "eval_steps": [0, 2, 4], "batch_size": 4, "repeats": 1}
+ATTACKS = ("harmful", "rtt", "benign", "benign_qa", "lora")
+# The default attacks shrunk to the micro world (2 forget people), a few steps and one repeat.
+MICRO_ATTACKS = ["attack.rtt.folds=2"] + [f"attack.{a}.{k}={v}".replace(" ", "") for a in ATTACKS for k, v in FAST.items()]
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def test_default_attack_configs_parse_and_fit_the_default_world():
     cfg = compose_config(micro=False)
     specs = parse_attacks(OmegaConf.to_container(cfg.suite_settings.relearn.attacks, resolve=True))
     names = [n for s in specs for n, _ in s.variants()]
-    assert names == ["harmful_p0.1", "harmful_p0.3", "rtt", "benign", "lora_p0.3"]
+    assert names == ["harmful_p0.1", "harmful_p0.3", "rtt", "benign", "benign_qa", "lora_p0.3"]
     from hydra.utils import instantiate
     bench = instantiate(cfg.benchmark, _convert_="all")
     for s in specs:
@@ -199,7 +199,7 @@ def test_micro_end_to_end_writes_attacked_and_oracle_rows(tmp_path):
                          "threads=1", *MICRO_ATTACKS)
     record = run(cfg, tmp_path / "run", "ga")
     rows = {(r["stage"], r["split"], r["metric"]): r["value"] for r in record["rows"] if r["suite"] == "relearn"}
-    for attack in ("harmful_p0.1", "harmful_p0.3", "rtt", "benign", "lora_p0.3"):
+    for attack in ("harmful_p0.1", "harmful_p0.3", "rtt", "benign", "benign_qa", "lora_p0.3"):
         for stage in (f"attacked/{attack}", f"oracle_attacked/{attack}"):
             for metric in ("mcq_acc", "em", "mcq_acc@step0", "mcq_acc@step4", "em@step2", "mcq_acc@lr0.01", "wall_s"):
                 assert (stage, "forget_heldout", metric) in rows, (stage, metric)
@@ -208,7 +208,7 @@ def test_micro_end_to_end_writes_attacked_and_oracle_rows(tmp_path):
         assert rows[(f"attacked/{attack}", "forget_heldout", "recovery")] == pytest.approx(worst - control)
         assert worst == max(rows[(f"attacked/{attack}", "forget_heldout", f"mcq_acc@step{s}")] for s in (0, 2, 4))
         assert (f"oracle_attacked/{attack}", "forget_heldout", "recovery") not in rows
-    assert ("attacked/rtt", "forget_trained", "mcq_acc") in rows and ("attacked/benign", "retain", "em") in rows
+    assert ("attacked/rtt", "forget_trained", "mcq_acc") in rows and ("attacked/benign_qa", "retain", "em") in rows
     assert not any(s.startswith("target_attacked/") for s, _, _ in rows)
     assert len([k for k in rows if k[0] == "oracle_attacked/rtt" and k[2] == "mcq_acc"]) == 2  # heldout + trained, once
     # Summary rows on the unlearned and oracle stages feed the report's relearn columns.
