@@ -105,7 +105,7 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
             continue
         n = len(scores.ids)
         values = split_values(scores, split.startswith("forget"))
-        if split.startswith("forget"):
+        if split.startswith("forget") and ctx.oracle is not None:  # no oracle (model.inject: null): no forget quality
             oracle = ctx.reference((SUITE, split), lambda: split_scores(ctx.oracle, split, ctx))
             values["forget_quality"] = forget_quality(scores.truth_ratio, oracle.truth_ratio)
         if split == "general":

@@ -61,7 +61,7 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
         members = min_k_scores(model, split, ctx)
         auc = mia_auc(members, holdout)
         rows.append(Row(stage, SUITE, split, "mia_auc", auc, len(members) + len(holdout)))
-        if split == "forget":
+        if split == "forget" and ctx.oracle is not None:  # privleak is relative to the oracle (none with model.inject: null)
             # Scoring the oracle itself already gave its AUC: reuse it instead of scoring it twice.
             oracle_auc = ctx.reference((SUITE, "oracle_auc"), (lambda: auc) if model is ctx.oracle else
                                        lambda: mia_auc(min_k_scores(ctx.oracle, "forget", ctx), min_k_scores(ctx.oracle, "holdout", ctx)))
