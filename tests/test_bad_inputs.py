@@ -63,6 +63,14 @@ BAD = [
     (["model=hf", "model.pretrained=nosuch-org/nosuch-model"], ["model.pretrained='nosuch-org/nosuch-model'", "local folder"]),
     (["benchmark=tofu"], ["benchmark.data_dir"]),
     (["benchmark=file", "benchmark.path=/nonexistent/world.json"], ["/nonexistent/world.json"]),
+    (["model.inject=null"], ["model.inject=null", "model.pretrained"]),
+    (["model=hf", "model.pretrained=x", "model.inject=null", "unlearn.stop_at=oracle"], ["unlearn.stop_at=oracle", "auto"]),
+    (["benchmark.n_instructions=-1"], ["n_instructions", ">= 0"]),
+    (["benchmark=file", "benchmark.path=bench/assets/world_facts.json", "benchmark.instructions=/nonexistent/alpaca.jsonl"],
+     ["benchmark.instructions", "/nonexistent/alpaca.jsonl"]),
+    (["suites=[knowledge,relearn]", "attack=[benign]", "attack.benign.sources=[instructionz]"], ["attack 'benign'", "sources", "instructions"]),
+    (["suites=[knowledge,relearn]", "attack=[benign]", "benchmark.n_instructions=0"], ["attack 'benign'", "none of the benign sources"]),
+    (["suites=[knowledge,relearn]", "attack=[benign]", "attack.benign.repeats=0"], ["attack 'benign'", "repeats"]),
 ]
 
 
