@@ -260,14 +260,3 @@ def _instruction_pairs(rows, path: Path) -> list[tuple[str, str]]:
         raise BenchmarkError(f"benchmark file {path}: 'instructions' must be a list of objects with exactly the keys "
                              "'instruction' and 'response'")
     return [(r["instruction"], r["response"]) for r in rows]
-
-
-def load_benchmark_file(path: str, instructions: str | None = None) -> Benchmark:
-    """Hydra target for ``benchmark=file``: a JSON file with the schema of ``Benchmark.to_json``. The benign
-    corpus: the file's own ``instructions``, else the file ``instructions`` or one generated (``bench.benign``)."""
-    from bench.benign import with_instructions  # bench.benign builds on this module
-
-    bench = Benchmark.from_json(path)
-    if bench.instructions and instructions is not None:
-        raise BenchmarkError(f"benchmark file {path} has its own 'instructions'; drop benchmark.instructions or them")
-    return bench if bench.instructions else with_instructions(bench, instructions)

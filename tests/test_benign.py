@@ -6,7 +6,8 @@ import re
 import pytest
 
 from bench.attacks import AttackConfigError, AttackSpec, attack_folds, fold_examples
-from bench.benchmark import Benchmark, BenchmarkError, load_benchmark_file
+from bench.benchmark import Benchmark, BenchmarkError
+from bench.benchmarks.file import load_benchmark_file
 from bench.benchmarks.tofu import load_tofu
 from bench.benign import fact_words, generate_instructions, load_instructions
 from bench.data import IGNORE, check_lengths
