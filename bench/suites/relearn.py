@@ -3,24 +3,36 @@
 For a stage listed in ``suite_settings.relearn.stages`` (default: unlearned), every
 attack of the run config (``attack: [...]``, specs in ``conf/attack/``, see ``bench.attacks``)
 fine-tunes a copy of that stage's model, and, as control, a copy of the oracle with the same
-data, seeds and budget (computed once per run). Per attack, for split ``forget_heldout`` (the
-forget facts the attack did not train on):
+data, seeds and budget (computed once per run). Without an oracle (``model.inject: null``, see
+``bench.pretrained``) the control is the attacked target (the base model): stage
+``target_attacked/<attack>``, and no ``recovery`` rows (they are defined against the oracle).
 
-- ``mcq_acc@step<N>``, ``em@step<N>``: the relearn curve (mean over repeats, pooled over folds)
-  at the grid's worst-case lr for that metric;
-- ``mcq_acc@lr<lr>``, ``em@lr<lr>``: the maximum over the trajectory, per lr;
-- ``mcq_acc``, ``em``: the worst case over the lr grid of the maximum over the trajectory;
-- ``attack_lr@mcq_acc``, ``attack_lr@em``: the lr of that worst case;
-- ``recovery`` (mcq_acc) and ``recovery@em``: attacked worst case − oracle-attacked worst case
-  (not on the oracle's own rows); ``wall_s``.
-Split ``forget_trained`` (data=forget_*) or ``retain`` (benign): mcq_acc and em of the trained
-facts (at most 64, an even subsample) at the end of the worst-case-lr attack (did the attack
-learn what it was shown?).
+Each attack runs ``repeats`` times (people and batch order redrawn); a repeat's score is its
+maximum over the trajectory, the attack's score the mean over repeats (the Ssiuu paper's "run 3
+times, mean reported"), at the worst-case lr of the grid for that mean. Per attack, for split
+``forget_heldout`` (the forget facts the attack did not train on):
 
-Summary rows on the evaluated stage itself (``unlearned``, ``target``; ``oracle`` for the
-control), split ``forget_heldout``: ``mcq_acc@<attack>``, ``em@<attack>`` (the worst cases
-above), ``recovery@<attack>`` and ``recovery@worst`` (the largest recovery over the attacks),
-so that ``bench.report`` puts them in each method's table row.
+- ``mcq_acc``, ``em``: that score; ``attack_lr@<m>``: its lr; ``<m>@repeat_std|min|max``: the spread
+  of the per-repeat maxima at that lr (repeats > 1);
+- ``mcq_acc@wrong_only``, ``em@wrong_only``: the same over the held-out facts the attacked model got
+  wrong (forced choice) before the attack, the paper's FaithUn pool; ``n_items@wrong_only``: that
+  subset's mean size per repeat (the row's n: its total);
+- ``mcq_acc@step<N>``, ``em@step<N>``: the relearn curve (mean over repeats, pooled over folds) at the
+  worst-case lr; ``mcq_acc@lr<lr>``, ``em@lr<lr>``: the score per lr;
+- ``recovered_share``: Deeb & Roger's share of the pre-unlearning accuracy recovered, (mcq_acc − the
+  attacked model's mcq_acc before the attack) / (the target's mcq_acc − that), on the same facts;
+  NaN with the reason logged when the denominator is under one fact;
+- ``recovery``, ``recovery@em``, ``recovery@wrong_only``, ``recovery@em@wrong_only``: attacked −
+  oracle-attacked (not on the control's own rows); ``wall_s``.
+Split ``forget_trained`` (data=forget_*) or ``retain`` (benign QA sources): mcq_acc and em of the
+trained facts (at most 64, an even subsample) at the end of the worst-case-lr attack (did the
+attack learn what it was shown?); an instruction-only attack has none.
+
+Summary rows on the evaluated stage itself (``unlearned``, ``target``; the control's stage for the
+control), split ``forget_heldout``: ``mcq_acc@<attack>``, ``em@<attack>``, ``mcq_acc@<attack>@wrong_only``,
+``mcq_acc_repeat_std@<attack>``, ``recovered_share@<attack>``, ``recovery@<attack>``,
+``recovery@<attack>@wrong_only`` and ``recovery@worst`` (the largest recovery over the attacks), so that
+``bench.report`` puts them in each method's table row.
 
 The oracle control depends only on the oracle, the attack settings and the seed, so it is the
 same for every method of a sweep: it is cached on disk (``<cache_dir>/relearn_control/``) under a
@@ -30,8 +42,9 @@ the torch thread count; any change there computes it afresh.
 
 Stages: ``attacked/<attack>`` for the unlearned model, ``oracle_attacked/<attack>`` for the
 control, ``target_attacked/<attack>`` for the target (a no-op check: it knows every fact
-already), ``<stage>/attacked/<attack>`` for any other stage. Relearn curves for every lr and
-per-item trajectories at the worst-case lr go to examples.jsonl (suite ``relearn``).
+already), ``<stage>/attacked/<attack>`` for any other stage. Relearn curves for every lr, the
+per-repeat scores, the recovered share's parts and per-item trajectories at the worst-case lr go
+to examples.jsonl (suite ``relearn``).
 
 Settings (``suite_settings.relearn``, ``Settings`` below): attacks (conf/config.yaml fills it with
 the run's ``attack`` node), stages, seed (the run's seed in conf/config.yaml), batch_size.
