@@ -115,5 +115,6 @@ def test_smollm2_unlearns_facts_it_already_knows(tmp_path):
     assert record["status"] == "complete" and record["forget_filter"]["kept"] >= 2
     v = {(r["stage"], r["suite"], r["split"], r["metric"]): r["value"] for r in record["rows"]}
     assert v[("target", "knowledge", "forget", "mcq_acc")] == 1.0  # it knew every kept fact before unlearning
-    assert v[("unlearned", "knowledge", "forget", "mcq_acc")] <= record["unlearn"]["stop_target"] or not record["unlearn"]["reached_target"]
+    assert record["unlearn"]["reached_target"]  # NPO at lr 5e-5 took 6 steps when measured
+    assert v[("unlearned", "knowledge", "forget", "mcq_acc")] <= record["unlearn"]["stop_target"]
     assert not any(stage == "oracle" for stage, *_ in v)
