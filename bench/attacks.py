@@ -11,7 +11,8 @@ Data sources (``data`` in ``conf/attack/<name>.yaml``):
 - ``forget_folds`` (RTT, Deeb & Roger): k folds of forget people; train on k−1, score the
   held-out fold, rotate; every forget fact is scored exactly once per repeat.
 - ``benign``: train on data that cannot answer the forget questions (``sources`` among retain
-  facts, general facts, general text); score the whole forget split.
+  facts, general facts, general text, and the benchmark's instruction corpus, ``bench.benign``);
+  score the whole forget split.
 ``finetune: lora`` trains peft LoRA adapters only (the base weights stay frozen).
 
 People are shuffled once per (seed, repeat); fractions take a prefix of that order (so the
@@ -32,14 +33,15 @@ import numpy as np
 import torch
 
 from bench.benchmark import Benchmark, QAItem
-from bench.data import BatchStream, encode_text, pad_id, qa_examples
+from bench.data import BatchStream, encode_text, instruction_examples, pad_id, qa_examples
 from bench.errors import UserError
 from bench.scoring import mean_nll, model_device, score_answers
 from bench.items import forced_choice, prompts
 from bench.train import TrainConfig, train_loop
 
 DATA_SOURCES = ("forget_fraction", "forget_folds", "benign")
-BENIGN_SOURCES = ("retain", "general", "general_text")
+BENIGN_SOURCES = ("retain", "general", "general_text", "instructions")
+TEXT_SOURCES = ("general_text", "instructions")  # benign sources that are not QA splits
 DEFAULT_EVAL_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -75,7 +77,9 @@ class AttackSpec:
 
     lrs: learning-rate grid (the attacker keeps the worst case for the defender). steps: step
     budget per trajectory. batch_size: examples per step. repeats: independent draws of people
-    and batch order (scores are averaged over repeats). eval_steps: steps at which held-out
+    and batch order (each repeat scores its maximum over the trajectory; the attack's score is
+    the mean over repeats, the Ssiuu paper's "each attack is run 3 times and the mean is reported",
+    with the spread recorded beside it). eval_steps: steps at which held-out
     facts are scored (0 = before the attack; ``steps`` is always added; empty: 0, 1, 2, 5, 10, 20,
     50, 100, ... up to ``steps``). fractions: for
     ``forget_fraction``. folds: for ``forget_folds``. sources: for ``benign``. warmup_steps,
@@ -88,11 +92,11 @@ class AttackSpec:
     lrs: tuple[float, ...]
     steps: int
     batch_size: int = 8
-    repeats: int = 1
+    repeats: int = 3
     eval_steps: tuple[int, ...] = ()
     fractions: tuple[float, ...] = ()
     folds: int = 0
-    sources: tuple[str, ...] = BENIGN_SOURCES
+    sources: tuple[str, ...] = ("retain", "general", "general_text")
     warmup_steps: int = 0
     optimizer: str = "adamw"
     grad_clip: float | None = 1.0
@@ -218,7 +222,7 @@ def person_folds(people: Sequence[str], k: int) -> list[list[str]]:
 
 
 def benign_sources_present(bench: Benchmark, sources: Sequence[str]) -> list[bool]:
-    return [bool(bench.general_text) if s == "general_text" else bool(bench.split(s)) for s in sources]
+    return [bool(getattr(bench, s)) if s in TEXT_SOURCES else bool(bench.split(s)) for s in sources]
 
 
 @dataclass(frozen=True)
@@ -228,14 +232,16 @@ class Fold:
     train_items: tuple[QAItem, ...]
     heldout: tuple[QAItem, ...]
     train_text: tuple[str, ...] = ()
+    train_instructions: tuple[tuple[str, str], ...] = ()
 
 
 def attack_folds(spec: AttackSpec, bench: Benchmark, seed: int, repeat: int, fraction: float | None = None) -> list[Fold]:
     forget = bench.split("forget")
     if spec.data == "benign":
-        items = tuple(it for s in spec.sources if s != "general_text" for it in bench.split(s))
+        items = tuple(it for s in spec.sources if s not in TEXT_SOURCES for it in bench.split(s))
         text = tuple(bench.general_text) if "general_text" in spec.sources else ()
-        return [Fold(items, tuple(forget), text)]
+        instructions = tuple(map(tuple, bench.instructions)) if "instructions" in spec.sources else ()
+        return [Fold(items, tuple(forget), text, instructions)]
     people = shuffled_people(bench, seed, repeat)
     if spec.data == "forget_fraction":
         assert fraction is not None
@@ -249,7 +255,8 @@ def attack_folds(spec: AttackSpec, bench: Benchmark, seed: int, repeat: int, fra
 
 
 def fold_examples(fold: Fold, bench: Benchmark, tokenizer) -> list[tuple[list[int], list[int]]]:
-    return qa_examples(tokenizer, bench, fold.train_items) + [encode_text(tokenizer, t) for t in fold.train_text]
+    return (qa_examples(tokenizer, bench, fold.train_items) + [encode_text(tokenizer, t) for t in fold.train_text]
+            + instruction_examples(tokenizer, bench, fold.train_instructions))
 
 
 # -- one trajectory -----------------------------------------------------------------------------
@@ -364,15 +371,23 @@ def run_attack(model: torch.nn.Module, spec: AttackSpec, fold: Fold, lr: float, 
 # -- aggregation --------------------------------------------------------------------------------
 
 
-def pooled_curve(trajectories: Sequence[Trajectory], checkpoints: Sequence[int], metric: str) -> np.ndarray:
-    """Score at each checkpoint over the items of all folds together (nan where any fold lacks it)."""
+def wrong_before(trajectory: Trajectory) -> np.ndarray:
+    """Held-out facts the attacked model got wrong (forced choice) before the attack: the Ssiuu paper's pool."""
+    return ~trajectory.mcq[0]
+
+
+def pooled_curve(trajectories: Sequence[Trajectory], checkpoints: Sequence[int], metric: str,
+                 masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Score at each checkpoint over the items of all folds together (nan where any fold lacks it, or no item
+    is left); ``masks``: per trajectory, the held-out items to keep (e.g. ``wrong_before``)."""
     out = np.full(len(checkpoints), np.nan)
     for i, step in enumerate(checkpoints):
         parts = []
-        for t in trajectories:
+        for j, t in enumerate(trajectories):
             if step not in t.steps:
                 break
-            parts.append(getattr(t, metric)[t.steps.index(step)])
+            row = getattr(t, metric)[t.steps.index(step)]
+            parts.append(row if masks is None else row[masks[j]])
         else:
             values = np.concatenate(parts) if parts else np.zeros(0)
             out[i] = values.mean() if values.size else np.nan
@@ -390,11 +405,26 @@ def worst_over_grid(curves: dict[float, Sequence[float]]) -> tuple[float, float]
 
     Ties go to the first lr in grid order.
     """
+    return worst_of({lr: max_over_trajectory(curve) for lr, curve in curves.items()})
+
+
+def worst_of(scores: dict[float, float]) -> tuple[float, float]:
+    """(lr, score) of the highest finite score over the grid; ties go to the first lr; (first lr, nan) if none."""
     best_lr, best = None, -math.inf
-    for lr, curve in curves.items():
-        value = max_over_trajectory(curve)
+    for lr, value in scores.items():
         if math.isfinite(value) and value > best:
             best_lr, best = lr, value
     if best_lr is None:
-        return next(iter(curves)), float("nan")
+        return next(iter(scores)), float("nan")
     return best_lr, best
+
+
+def repeat_maxima(curves: np.ndarray) -> np.ndarray:
+    """Per repeat (rows of ``curves``), the maximum over the trajectory: each run's attacker's best moment."""
+    return np.array([max_over_trajectory(c) for c in np.atleast_2d(curves)])
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    """Mean over the finite values; nan (not a warning and a default) when there is none."""
+    arr = np.asarray(values, float)
+    return float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else float("nan")

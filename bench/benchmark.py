@@ -124,6 +124,8 @@ class Benchmark:
     option-normalised answer probability, as OpenUnlearning's 9-part model utility does.
     ``membership_text`` (MUSE's privleak sets): passages by split (forget and holdout required,
     retain optional) that the privacy suite scores whole instead of the QA items; empty = score the items.
+    ``instructions``: (instruction, response) pairs unrelated to every fact, learned by no model: the
+    benign relearning attack's data (``bench.benign``; empty: that attack has no data here).
     """
 
     name: str
@@ -135,6 +137,7 @@ class Benchmark:
     max_new_tokens: int = 8
     metric_protocol: str = "harness"
     membership_text: dict[str, list[str]] = field(default_factory=dict)
+    instructions: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -159,6 +162,10 @@ class Benchmark:
 
     def prompt(self, question: str) -> str:
         return self.prompt_template.format(question=question)
+
+    def instruction_prompt(self, instruction: str) -> str:
+        """The prompt of a benign instruction example (Alpaca's layout, without its preamble)."""
+        return f"Instruction: {instruction}\nResponse:"
 
     # -- checks -------------------------------------------------------------------------
     def validate(self, where: str = "") -> None:
@@ -189,6 +196,10 @@ class Benchmark:
         if self.metric_protocol == "tofu" and (not self.split("general") or self.split("general")[0].answer_only):
             raise BenchmarkError(f"{where}metric_protocol 'tofu' scores model utility on the general split's relations "
                                  "(real authors, world facts): it needs general items with perturbed answers")
+        for i, pair in enumerate(self.instructions):
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                    or not all(isinstance(t, str) and t.strip() for t in pair)):
+                raise BenchmarkError(f"{where}instructions[{i}] must be an (instruction, response) pair of non-empty strings")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise BenchmarkError(f"{where}max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         for s in ("forget", "retain"):
@@ -242,6 +253,7 @@ class Benchmark:
                 "general_text": self.general_text, "heldout_text": self.heldout_text,
                 "forget_text": self.forget_text, "max_new_tokens": self.max_new_tokens,
                 "metric_protocol": self.metric_protocol, "membership_text": self.membership_text,
+                "instructions": [{"instruction": i, "response": r} for i, r in self.instructions],
                 "items": [asdict(it) for it in self.items]}
         Path(path).write_text(json.dumps(data, indent=1))
 
@@ -270,11 +282,14 @@ class Benchmark:
                        forget_text=list(data.get("forget_text", [])),
                        max_new_tokens=data.get("max_new_tokens", cls.max_new_tokens),
                        metric_protocol=data.get("metric_protocol", cls.metric_protocol),
-                       membership_text={k: list(v) for k, v in data.get("membership_text", {}).items()})
+                       membership_text={k: list(v) for k, v in data.get("membership_text", {}).items()},
+                       instructions=_instruction_pairs(data.get("instructions", []), path))
         except BenchmarkError as e:
             raise BenchmarkError(f"{path}: {e}") from None
 
 
-def load_benchmark_file(path: str) -> Benchmark:
-    """Hydra target for ``benchmark=file``: a JSON file with the schema of ``Benchmark.to_json``."""
-    return Benchmark.from_json(path)
+def _instruction_pairs(rows, path: Path) -> list[tuple[str, str]]:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(r) == {"instruction", "response"} for r in rows):
+        raise BenchmarkError(f"benchmark file {path}: 'instructions' must be a list of objects with exactly the keys "
+                             "'instruction' and 'response'")
+    return [(r["instruction"], r["response"]) for r in rows]

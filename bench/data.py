@@ -106,6 +106,11 @@ def qa_examples(tokenizer, bench: Benchmark, items: Sequence[QAItem], all_phrasi
     return out
 
 
+def instruction_examples(tokenizer, bench: Benchmark, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Benign instruction examples: loss on the response (and end token) only, as in Alpaca fine-tuning."""
+    return [encode_qa(tokenizer, bench.instruction_prompt(i), r) for i, r in pairs]
+
+
 class BatchStream:
     """An endless stream of shuffled batches over fixed examples, reproducible from a seed.
 
@@ -161,6 +166,10 @@ def check_lengths(tokenizer, bench: Benchmark, max_positions: int) -> int:
         if n > longest:
             longest, worst = n, f"item {it.id!r} (prompt {prompt} tokens, answer up to {answer}, " \
                                 f"generation budget {bench.max_new_tokens})"
+    for i, (instruction, response) in enumerate(bench.instructions):
+        n = len(encode_prompt(tokenizer, bench.instruction_prompt(instruction))) + n_tokens(answer_text(tokenizer, response)) + 1
+        if n > longest:
+            longest, worst = n, f"instructions[{i}] ({n} tokens)"
     for kind in ("general_text", "forget_text"):
         for i, t in enumerate(getattr(bench, kind)):
             n = bos + n_tokens(t) + 1

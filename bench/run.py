@@ -39,7 +39,9 @@ from bench.continual import evaluate_request, split_requests
 from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, ModelShape, UnlearnContext, UnlearnData
-from bench.models import ModelConfigError, obtain_model, pretrained_source, resolve_device, validate_model_spec
+from bench.disk_cache import digest
+from bench.models import ModelConfigError, build_base_model, obtain_model, pretrained_source, resolve_device, validate_model_spec
+from bench.pretrained import RULE, known_forget
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block
 from bench.settings import did_you_mean, parse_arguments, parse_settings
@@ -187,6 +189,13 @@ class Run:
                               f"{did_you_mean(unknown[0], available_suites())}available suites: {available_suites()}")
         self.model_spec = check_model_block(s.model)
         validate_model_spec(self.model_spec)
+        self.inject = self.model_spec.get("inject") is not None  # null: the target is the base model as loaded
+        if not self.inject and not (self.model_spec.get("pretrained") or self.model_spec.get("gguf")):
+            raise ConfigError("model.inject=null keeps the base model as loaded, but a model built from model.arch knows "
+                              "nothing; set model.pretrained (or model=smollm2), or give model.inject settings")
+        if not self.inject and s.unlearn.stop_at == "oracle":
+            raise ConfigError("unlearn.stop_at=oracle needs an oracle, and model.inject=null has none (nothing was "
+                              "withheld from a pretrained model); use unlearn.stop_at=auto, chance or a number")
         if not (self.model_spec.get("pretrained") or self.model_spec.get("gguf")):  # a fresh model: shape known now
             try:
                 arch = LlamaConfig(**self.model_spec["arch"])
@@ -194,6 +203,12 @@ class Run:
                 raise ConfigError(f"model.arch: {' '.join(str(e).split())}") from None
             self.check_plan(ModelShape(arch.hidden_size, arch.num_hidden_layers))
         self.suite_settings = validate_settings([*self.suites, *self.request_suites], s.suite_settings, self.bench)
+        privacy = self.suite_settings.get("privacy")
+        if (not self.inject and "privacy" in [*self.suites, *self.request_suites]
+                and "reference" in privacy.attacks and privacy.reference == "oracle"):
+            raise ConfigError("suite_settings.privacy.reference=oracle needs an oracle, and model.inject=null has none; "
+                              "set suite_settings.privacy.reference=target (the model before unlearning) or drop "
+                              "reference from suite_settings.privacy.attacks")
         # A tuned run's identity includes its tuning provenance (seeds, file digest), not only the merged values.
         self.cfg_hash = config_hash(self.resolved if self.tuning is None else {**self.resolved, "tuning": self.tuning})
         self.code = code_version()
@@ -220,7 +235,8 @@ class Run:
             log.warning("record in %s has another config or code version: moved to %s", self.run_dir, move_aside(self.run_dir))
         t0 = time.perf_counter()
         self.load_models()
-        self.evaluate(self.oracle, stages.ORACLE)
+        if self.oracle is not None:
+            self.evaluate(self.oracle, stages.ORACLE)
         self.evaluate(self.target, stages.TARGET)
         outcome = self.unlearn()
         self.rows += unlearn_rows(stages.UNLEARNED, outcome.result, outcome.reached, len(self.bench.split("forget")))
@@ -260,18 +276,33 @@ class Run:
             # A model built from `arch` has a known position range: check every sequence against it now.
             check_lengths(self.tokenizer, self.bench, int(arch["max_position_embeddings"]))
         self.device = resolve_device(self.model_spec.get("device", "auto"))
+        self.forget_filter: dict[str, Any] | None = None
+        if not self.inject:  # the forget split is what the base model knows: known before any record moves
+            self.base = build_base_model(self.model_spec, self.tokenizer, self.settings.seed, self.source).to(self.device).eval()
+            self.bench, self.forget_filter = known_forget(self.base, self.tokenizer, self.bench)
+            log.info("model.inject=null: the base model knows %d of %d forget items (%s)", self.forget_filter["kept"],
+                     self.forget_filter["forget_items"], RULE)
+            self.suite_settings = validate_settings([*self.suites, *self.request_suites], self.settings.suite_settings, self.bench)
 
     def load_models(self) -> None:
         start = time.perf_counter()
         s = self.settings
-        self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
-                                                     s.seed, self.source)
-        self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
-                                                     s.seed, self.source)
+        if self.inject:
+            self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
+                                                         s.seed, self.source)
+            self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
+                                                         s.seed, self.source)
+        else:  # the base model as loaded (prepare); no oracle exists for what it learned in pretraining
+            self.target = self.base
+            self.target_info = {"key": digest({"model": self.model_spec, "base": self.source}, 20), "path": self.source,
+                                "reused": False, "inject": None}
+            self.oracle, self.oracle_info = None, None
         self.clock("models", start)
+        oracle_key = self.oracle_info["key"] if self.oracle_info else None
         self.ctx = SuiteContext(bench=self.bench, tokenizer=self.tokenizer, oracle=self.oracle, target=self.target,
-                                settings=self.suite_settings, cache_dir=str(s.cache_dir), oracle_key=self.oracle_info["key"])
-        self.identity = (stage_identity({stages.TARGET: self.target_info["key"], stages.ORACLE: self.oracle_info["key"]},
+                                settings=self.suite_settings, cache_dir=str(s.cache_dir), oracle_key=oracle_key)
+        model_keys = {stages.TARGET: self.target_info["key"], **({stages.ORACLE: oracle_key} if oracle_key else {})}
+        self.identity = (stage_identity(model_keys,
                                         self.bench, list(self.suites), self.suite_settings,
                                         {"threads": torch.get_num_threads(), "device": str(self.device)})
                          if s.reuse_stages else None)
@@ -377,12 +408,14 @@ class Run:
             "config": self.resolved,
             "tuning": self.tuning,
             "provenance": {**provenance(self.settings.seed, str(self.device)), "wall_s": self.timings,
-                           "models": {stages.TARGET: self.target_info, stages.ORACLE: self.oracle_info},
+                           "models": {stages.TARGET: self.target_info,
+                                      **({stages.ORACLE: self.oracle_info} if self.oracle_info else {})},
                            "reused_stages": self.reused_stages},
             "unlearn": {"steps": result.steps, "diverged": result.diverged, "stop_rule": self.stop.rule,
                         "stop_target": outcome.target, "reached_target": outcome.reached, "final_loss": result.final_loss,
                         "stop_trace": outcome.trace, "losses": result.losses,
                         **({"requests": outcome.requests} if outcome.requests is not None else {})},
+            **({"forget_filter": self.forget_filter} if self.forget_filter else {}),
             "rows": [r.as_dict() for r in self.rows],
         }
         path = write_record(self.run_dir, record, self.examples)

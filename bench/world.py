@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass
 
 from bench.benchmark import Benchmark, QAItem
+from bench.benign import fact_words, generate_instructions
 
 # -- relations ----------------------------------------------------------------------------
 
@@ -273,16 +274,19 @@ def _validate(n_people, forget_fraction, holdout_fraction, n_relations, n_option
 def synthetic_world(seed: int = 0, n_people: int = 100, forget_fraction: float = 0.35,
                     holdout_fraction: float = 0.15, n_relations: int = 6, n_options: int = 4,
                     n_perturbed: int = 3, n_general_facts: int = 40, n_general_text: int = 60,
-                    n_heldout_text: int = 30) -> Benchmark:
+                    n_heldout_text: int = 30, n_instructions: int = 256) -> Benchmark:
     """Generate the synthetic world (deterministic from the arguments).
 
     People ``p000..`` each get ``n_relations`` relation types (a uniform subset of
     ``RELATIONS``, kept in list order); splits are by person. ``g000..`` are invented
     entities with one general fact each (split ``general``), kinds taken in turn.
     ``general_text`` is trained free text; ``heldout_text`` has the same style, never trained.
+    ``n_instructions``: the benign attack's instruction corpus (``bench.benign``), disjoint from every
+    name and answer word of the world.
     """
     _validate(n_people, forget_fraction, holdout_fraction, n_relations, n_options, n_perturbed,
               n_general_facts, n_general_text, n_heldout_text)
+    _check_int("n_instructions", n_instructions, 0)
     n_forget, n_holdout, _ = _split_sizes(n_people, forget_fraction, holdout_fraction)
 
     people = _unique_names(random.Random(f"{seed}/names"), n_people, _person_name, set())
@@ -313,5 +317,8 @@ def synthetic_world(seed: int = 0, n_people: int = 100, forget_fraction: float =
         items.append(_make_item(grng, rel, f"g{j:0{width}d}", "general", ent, n_options, n_perturbed))
 
     text = _sentences(random.Random(f"{seed}/text"), n_general_text + n_heldout_text)
+    # Names and every answer of the relation pools (not only those drawn) stay out of the benign corpus.
+    never = fact_words(items, extra=[*people, *entities, *(w for r in ALL_RELATIONS for w in r.pool)])
     return Benchmark(name="synthetic", items=items, general_text=text[:n_general_text],
-                     heldout_text=text[n_general_text:])
+                     heldout_text=text[n_general_text:],
+                     instructions=generate_instructions(seed, n_instructions, never))

@@ -73,6 +73,16 @@ BAD = [
     (["benchmark=muse"], ["benchmark.data_dir"]),
     (["benchmark=muse", "benchmark.data_dir=/nonexistent/muse"], ["benchmark.data_dir='/nonexistent/muse'", "not a folder"]),
     (["benchmark=muse", "benchmark.data_dir=tests/fixtures/muse", "benchmark.corpus=novel"], ["benchmark.corpus='novel'", "'news'"]),
+    (["model.inject=null"], ["model.inject=null", "model.pretrained"]),
+    (["model=hf", "model.pretrained=x", "model.inject=null", "unlearn.stop_at=oracle"], ["unlearn.stop_at=oracle", "auto"]),
+    (["model=hf", "model.pretrained=x", "model.inject=null", "suites=[knowledge,privacy]"],
+     ["suite_settings.privacy.reference=oracle", "reference=target"]),
+    (["benchmark.n_instructions=-1"], ["n_instructions", ">= 0"]),
+    (["benchmark=file", "benchmark.path=bench/assets/world_facts.json", "benchmark.instructions=/nonexistent/alpaca.jsonl"],
+     ["benchmark.instructions", "/nonexistent/alpaca.jsonl"]),
+    (["suites=[knowledge,relearn]", "attack=[benign]", "attack.benign.sources=[instructionz]"], ["attack 'benign'", "sources", "instructions"]),
+    (["suites=[knowledge,relearn]", "attack=[benign]", "benchmark.n_instructions=0"], ["attack 'benign'", "none of the benign sources"]),
+    (["suites=[knowledge,relearn]", "attack=[benign]", "attack.benign.repeats=0"], ["attack 'benign'", "repeats"]),
 ]
 
 

@@ -1,6 +1,7 @@
 """Relearn suite: attack specs, folds by person, trajectory aggregation, copies, LoRA, end to end."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -8,16 +9,16 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.attacks import (AttackConfigError, AttackSpec, Fold, Trajectory, attack_folds, max_over_trajectory, parse_attacks,
-                           person_folds, pooled_curve, run_attack, worst_over_grid)
+                           person_folds, pooled_curve, run_attack, worst_over_grid, wrong_before)
 from bench.run import run
 from bench.suites import SuiteContext
 from bench.suites import relearn as relearn_suite
 from tests.conftest import compose_config
 
-FAST = {"lrs": [1e-2], "steps": 4, "eval_steps": [0, 2, 4], "batch_size": 4}
-# The default attacks shrunk to the micro world (2 forget people) and a few steps.
-MICRO_ATTACKS = ["attack.rtt.folds=2"] + [f"attack.{a}.{k}={v}".replace(" ", "") for a in ("harmful", "rtt", "benign", "lora")
-                                          for k, v in FAST.items()]
+FAST = {"lrs": [1e-2], "steps": 4, "eval_steps": [0, 2, 4], "batch_size": 4, "repeats": 1}
+ATTACKS = ("harmful", "rtt", "benign", "benign_qa", "lora")
+# The default attacks shrunk to the micro world (2 forget people), a few steps and one repeat.
+MICRO_ATTACKS = ["attack.rtt.folds=2"] + [f"attack.{a}.{k}={v}".replace(" ", "") for a in ATTACKS for k, v in FAST.items()]
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def test_default_attack_configs_parse_and_fit_the_default_world():
     cfg = compose_config(micro=False)
     specs = parse_attacks(OmegaConf.to_container(cfg.suite_settings.relearn.attacks, resolve=True))
     names = [n for s in specs for n, _ in s.variants()]
-    assert names == ["harmful_p0.1", "harmful_p0.3", "rtt", "benign", "lora_p0.3"]
+    assert names == ["harmful_p0.1", "harmful_p0.3", "rtt", "benign", "benign_qa", "lora_p0.3"]
     from hydra.utils import instantiate
     bench = instantiate(cfg.benchmark, _convert_="all")
     for s in specs:
@@ -114,6 +115,73 @@ def test_max_over_trajectory_and_worst_over_grid_on_scripted_scores():
     c = _traj([0, 2], [[1], [1]])
     curve = pooled_curve([a, c], [0, 2, 4], "mcq")
     assert np.isnan(curve[2]) and max_over_trajectory(curve) == pytest.approx(2 / 3)
+
+
+def _outcome(curves, before, reference, n_heldout=4, key="mcq_acc"):
+    """An Outcome with scripted per-repeat curves (rows: repeats) for one lr."""
+    spec = AttackSpec.from_config("rtt", {"data": "forget_folds", "folds": 2, "lrs": list(curves), "steps": 4,
+                                          "eval_steps": [0, 2, 4], "repeats": len(before)})
+    out = relearn_suite.Outcome("rtt", spec, n_heldout=n_heldout, before=before, reference=reference, n_wrong=[2] * len(before))
+    out.curves = {k: {lr: np.array(c, float) for lr, c in curves.items()} for k in relearn_suite.KEYS}
+    return out
+
+
+def test_repeats_score_the_mean_of_each_repeats_maximum_and_record_the_spread():
+    # two repeats at two lrs: repeat maxima 0.5 and 1.0 (mean 0.75) at lr 1e-3; 0.75 and 0.5 (mean 0.625) at 1e-2
+    out = _outcome({1e-3: [[0.25, 0.5, 0.25], [0.0, 0.75, 1.0]], 1e-2: [[0.25, 0.75, 0.5], [0.0, 0.5, 0.5]]},
+                   before=[0.25, 0.0], reference=[1.0, 1.0])
+    assert out.worst("mcq_acc") == (1e-3, 0.75)  # not the max of the mean curve (0.625): each run's attacker keeps its best step
+    rows = {r.metric: r.value for r in relearn_suite.outcome_rows("unlearned", out, None)}
+    assert rows["mcq_acc"] == 0.75 and rows["attack_lr@mcq_acc"] == 1e-3 and rows["mcq_acc@lr0.01"] == 0.625
+    assert rows["mcq_acc@repeat_std"] == pytest.approx(np.std([0.5, 1.0], ddof=1))
+    assert (rows["mcq_acc@repeat_min"], rows["mcq_acc@repeat_max"]) == (0.5, 1.0)
+    assert rows["mcq_acc@step2"] == pytest.approx(0.625)  # the curve is the mean over repeats at the worst lr
+    summary = {r.metric: r.value for r in relearn_suite.summary_rows("unlearned", [out], None)}
+    assert summary["mcq_acc@rtt"] == 0.75 and summary["mcq_acc_repeat_std@rtt"] == rows["mcq_acc@repeat_std"]
+    one = _outcome({1e-3: [[0.25, 0.5, 0.25]]}, before=[0.25], reference=[1.0])
+    assert not any("repeat_" in r.metric for r in relearn_suite.outcome_rows("unlearned", one, None))  # no spread of one
+
+
+def test_recovered_share_is_deeb_and_rogers_ratio_or_nan_with_a_reason():
+    out = _outcome({1e-3: [[0.25, 0.5, 0.75], [0.25, 0.25, 0.5]]}, before=[0.25, 0.25], reference=[1.0, 0.75])
+    share, reason = out.recovered_share()
+    assert share == pytest.approx((0.625 - 0.25) / (0.875 - 0.25)) and reason == ""
+    flat = _outcome({1e-3: [[0.5, 0.75, 0.75]]}, before=[0.5], reference=[0.5])  # nothing was unlearned: 0 / 0
+    share, reason = flat.recovered_share()
+    assert np.isnan(share) and "nothing to recover" in reason
+    rows = {r.metric: r.value for r in relearn_suite.outcome_rows("unlearned", flat, None)}
+    assert np.isnan(rows["recovered_share"])  # recorded as an explicit NaN (null in record.json), not a default
+
+
+def test_wrong_only_pools_the_facts_wrong_before_the_attack():
+    # fold A: items 0, 1 wrong at step 0, item 2 right; fold B: item 0 wrong
+    a = _traj([0, 2, 4], [[0, 0, 1], [1, 0, 1], [1, 1, 1]])
+    b = _traj([0, 2, 4], [[0], [0], [1]])
+    masks = [wrong_before(a), wrong_before(b)]
+    assert masks[0].tolist() == [True, True, False] and masks[1].tolist() == [True]
+    assert pooled_curve([a, b], [0, 2, 4], "mcq", masks).tolist() == pytest.approx([0, 1 / 3, 1])
+    none_wrong = _traj([0, 2], [[1], [1]])
+    assert np.isnan(pooled_curve([none_wrong], [0, 2], "mcq", [wrong_before(none_wrong)])).all()  # empty subset: nan
+
+
+def test_micro_repeats_wrong_only_and_recovered_share_rows_end_to_end(tmp_path):
+    """repeats > 1 on the micro experiment: per-repeat examples back every aggregate row."""
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "suites=[knowledge,relearn]", "threads=1", "method.lr=1e-2", "attack=[rtt]",
+                         "attack.rtt.folds=2", *[f"attack.rtt.{k}={v}".replace(" ", "") for k, v in {**FAST, "repeats": 2}.items()])
+    record = run(cfg, tmp_path / "run", "ga")
+    rows = {(r["stage"], r["metric"]): r for r in record["rows"] if r["suite"] == "relearn"}
+    examples = [json.loads(line) for line in (tmp_path / "run" / "examples.jsonl").read_text().splitlines()]
+    reps = [e for e in examples if e.get("kind") == "repeat" and e["stage"] == "attacked/rtt"]
+    assert len(reps) == 2
+    assert rows[("attacked/rtt", "mcq_acc")]["value"] == pytest.approx(np.mean([e["mcq_acc"] for e in reps]))
+    assert rows[("attacked/rtt", "mcq_acc@repeat_max")]["value"] == max(e["mcq_acc"] for e in reps)
+    wrong = rows[("attacked/rtt", "mcq_acc@wrong_only")]
+    assert wrong["n"] == sum(e["n_wrong_before"] for e in reps) > 0
+    assert rows[("attacked/rtt", "n_items@wrong_only")]["value"] == np.mean([e["n_wrong_before"] for e in reps])
+    assert ("oracle_attacked/rtt", "mcq_acc@wrong_only") in rows and ("attacked/rtt", "recovery@wrong_only") in rows
+    for stage in ("unlearned", "oracle"):
+        assert (stage, "recovered_share@rtt") in rows and (stage, "mcq_acc@rtt@wrong_only") in rows
+        assert (stage, "mcq_acc_repeat_std@rtt") in rows
 
 
 def _state(model):
@@ -199,7 +267,7 @@ def test_micro_end_to_end_writes_attacked_and_oracle_rows(tmp_path):
                          "threads=1", *MICRO_ATTACKS)
     record = run(cfg, tmp_path / "run", "ga")
     rows = {(r["stage"], r["split"], r["metric"]): r["value"] for r in record["rows"] if r["suite"] == "relearn"}
-    for attack in ("harmful_p0.1", "harmful_p0.3", "rtt", "benign", "lora_p0.3"):
+    for attack in ("harmful_p0.1", "harmful_p0.3", "rtt", "benign", "benign_qa", "lora_p0.3"):
         for stage in (f"attacked/{attack}", f"oracle_attacked/{attack}"):
             for metric in ("mcq_acc", "em", "mcq_acc@step0", "mcq_acc@step4", "em@step2", "mcq_acc@lr0.01", "wall_s"):
                 assert (stage, "forget_heldout", metric) in rows, (stage, metric)
@@ -208,7 +276,7 @@ def test_micro_end_to_end_writes_attacked_and_oracle_rows(tmp_path):
         assert rows[(f"attacked/{attack}", "forget_heldout", "recovery")] == pytest.approx(worst - control)
         assert worst == max(rows[(f"attacked/{attack}", "forget_heldout", f"mcq_acc@step{s}")] for s in (0, 2, 4))
         assert (f"oracle_attacked/{attack}", "forget_heldout", "recovery") not in rows
-    assert ("attacked/rtt", "forget_trained", "mcq_acc") in rows and ("attacked/benign", "retain", "em") in rows
+    assert ("attacked/rtt", "forget_trained", "mcq_acc") in rows and ("attacked/benign_qa", "retain", "em") in rows
     assert not any(s.startswith("target_attacked/") for s, _, _ in rows)
     assert len([k for k in rows if k[0] == "oracle_attacked/rtt" and k[2] == "mcq_acc"]) == 2  # heldout + trained, once
     # Summary rows on the unlearned and oracle stages feed the report's relearn columns.

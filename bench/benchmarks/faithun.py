@@ -33,6 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
+from bench.benign import with_instructions
 from bench.benchmarks._rows import Rows, load_rows, options_with_gold, require
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,13 @@ def _clusters(rows: Rows) -> dict[int, dict[str, list[dict]]]:
 
 def load_faithun(data_dir: str | None = None, path: str | None = None, splits_dir: str | None = None,
                  file_stem: str = "FaithUnBench", holdout_fraction: float = 0.1,
-                 prompt_template: str = "Question: {question}\nAnswer:") -> Benchmark:
+                 prompt_template: str = "Question: {question}\nAnswer:", instructions: str | None = None) -> Benchmark:
     """FaithUn as a ``Benchmark`` (see the module docstring; the row schema is defined here).
 
     data_dir: folder with ``<file_stem>.json``/``.jsonl`` (and the split files unless
     ``splits_dir`` is set). path: a hub dataset of the same row schema instead (none is known).
     holdout_fraction: share of test clusters held out untrained, in [0, 1).
+    instructions: the benign attack's Alpaca-style .jsonl (``bench.benign``); null: generated offline.
     """
     if not 0 <= holdout_fraction < 1:
         raise BenchmarkError(f"benchmark.holdout_fraction={holdout_fraction} must be in [0, 1)")
@@ -127,6 +129,6 @@ def load_faithun(data_dir: str | None = None, path: str | None = None, splits_di
     if skipped:
         log.info("FaithUn: %d hop2_test / same_object questions not loaded (evaluation-only variants)", skipped)
     try:
-        return Benchmark(name="faithun", items=items, prompt_template=prompt_template)
+        return with_instructions(Benchmark(name="faithun", items=items, prompt_template=prompt_template), instructions)
     except BenchmarkError as e:
         raise BenchmarkError(f"FaithUn ({rows.source}): {e}") from None

@@ -25,6 +25,7 @@ import math
 from typing import Sequence
 
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
+from bench.benign import with_instructions
 from bench.benchmarks._rows import LETTERS, Rows, lettered_question, load_rows, require
 
 FIELDS = ("question", "choices", "answer", "subject", "topic")
@@ -46,13 +47,14 @@ def _check_row(rows: Rows, i: int, n_choices: int) -> bool:
 def load_scienceqa(path: str | None = "derek-thomas/ScienceQA", data_dir: str | None = None, split: str = "train",
                    forget_topics: Sequence[str] = MRP_TOPICS, n_choices: int = 4, max_per_topic: int | None = None,
                    max_retain: int | None = None, holdout_fraction: float = 0.1, include_hint: bool = True,
-                   prompt_template: str = "Question: {question}\nAnswer:") -> Benchmark:
+                   prompt_template: str = "Question: {question}\nAnswer:", instructions: str | None = None) -> Benchmark:
     """ScienceQA as a ``Benchmark`` (see the module docstring).
 
     split: dataset split (local file ``<data_dir>/<split>.json``). forget_topics: natural-science
     topics to forget, in request order. n_choices: keep questions with exactly this many choices
     (2..5). max_per_topic / max_retain: first N usable questions per forget topic / of retain
     (None: all). holdout_fraction: share of each forget topic held out, in [0, 1).
+    instructions: the benign attack's Alpaca-style .jsonl (``bench.benign``); null: generated offline.
     """
     if not forget_topics:
         raise BenchmarkError("benchmark.forget_topics is empty; list natural-science topics, e.g. [chemistry, biology]")
@@ -89,6 +91,6 @@ def load_scienceqa(path: str | None = "derek-thomas/ScienceQA", data_dir: str | 
     retain = [i for i in usable if rows.rows[i]["subject"] != "natural science"]
     items += [item(i, "retain") for i in (retain[:max_retain] if max_retain else retain)]
     try:
-        return Benchmark(name="scienceqa", items=items, prompt_template=prompt_template)
+        return with_instructions(Benchmark(name="scienceqa", items=items, prompt_template=prompt_template), instructions)
     except BenchmarkError as e:
         raise BenchmarkError(f"ScienceQA ({rows.source}): {e}") from None

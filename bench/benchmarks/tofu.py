@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
+from bench.benign import with_instructions
 from bench.benchmarks._rows import Rows, as_list, load_rows, options_with_gold, require
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def _author_items(rows: Rows, split: str, author_of: dict[str, int], full_source
 
 def load_tofu(forget_split: str = "forget10", path: str | None = "locuslab/TOFU", data_dir: str | None = None,
               n_options: int = 4, questions_per_author: int = 20, max_new_tokens: int = 200,
-              prompt_template: str = "Question: {question}\nAnswer:") -> Benchmark:
+              prompt_template: str = "Question: {question}\nAnswer:", instructions: str | None = None) -> Benchmark:
     """TOFU as a ``Benchmark`` (see the module docstring for the mapping).
 
     forget_split: forget01 / forget05 / forget10 (retain and holdout follow: retain99/95/90, holdout01/05/10).
@@ -91,6 +92,7 @@ def load_tofu(forget_split: str = "forget10", path: str | None = "locuslab/TOFU"
     n_options: multiple-choice options per item (answer + n_options − 1 perturbed answers), 2..6.
     questions_per_author: rows per author in ``full`` (TOFU: 20); fixes the author groups.
     max_new_tokens: greedy-generation budget for ROUGE (OpenUnlearning generates up to 200).
+    instructions: the benign attack's Alpaca-style .jsonl (``bench.benign``); null: generated offline.
     """
     if forget_split not in FORGET_SPLITS:
         raise BenchmarkError(f"benchmark.forget_split={forget_split!r}: use one of {FORGET_SPLITS}")
@@ -135,8 +137,8 @@ def load_tofu(forget_split: str = "forget10", path: str | None = "locuslab/TOFU"
         items += [_item(r, i, split="general", group=f"{rel}/{i}", relation=rel, n_options=n_options)
                   for i in range(len(r.rows))]
     try:
-        return Benchmark(name=f"tofu_{forget_split}", items=items, prompt_template=prompt_template,
-                         max_new_tokens=max_new_tokens, metric_protocol="tofu")
+        return with_instructions(Benchmark(name=f"tofu_{forget_split}", items=items, prompt_template=prompt_template,
+                                           max_new_tokens=max_new_tokens, metric_protocol="tofu"), instructions)
     except BenchmarkError as e:
         raise BenchmarkError(f"TOFU ({data_dir or path}): {e}") from None
 

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
+from bench.benign import with_instructions
 from bench.benchmarks._rows import LETTERS, Rows, lettered_question, load_file, load_rows, require
 
 SUBSETS = ("wmdp-bio", "wmdp-cyber", "wmdp-chem")
@@ -60,12 +61,14 @@ def _corpus(path: str | None) -> list[str]:
 def load_wmdp(path: str | None = "cais/wmdp", data_dir: str | None = None, split: str = "test",
               forget_subsets: Sequence[str] = ("wmdp-bio",), retain_subsets: Sequence[str] = ("wmdp-cyber",),
               holdout_fraction: float = 0.1, max_per_subset: int | None = None, forget_corpus: str | None = None,
-              retain_corpus: str | None = None, prompt_template: str = "Question: {question}\nAnswer:") -> Benchmark:
+              retain_corpus: str | None = None, prompt_template: str = "Question: {question}\nAnswer:",
+              instructions: str | None = None) -> Benchmark:
     """WMDP as a ``Benchmark`` (see the module docstring).
 
     forget_subsets / retain_subsets: disjoint lists from wmdp-bio, wmdp-cyber, wmdp-chem (local
     files ``<data_dir>/<subset>.json``). holdout_fraction in [0, 1). forget_corpus /
     retain_corpus: local jsonl files with a ``text`` field (cais/wmdp-corpora's schema), or null.
+    instructions: the benign attack's Alpaca-style .jsonl (``bench.benign``); null: generated offline.
     """
     for name, subsets in (("forget_subsets", forget_subsets), ("retain_subsets", retain_subsets)):
         if not subsets or any(s not in SUBSETS for s in subsets):
@@ -93,7 +96,7 @@ def load_wmdp(path: str | None = "cais/wmdp", data_dir: str | None = None, split
     for subset in retain_subsets:
         items += _subset_items(subset_rows(subset), subset, "retain")
     try:
-        return Benchmark(name="wmdp", items=items, prompt_template=prompt_template,
-                         forget_text=_corpus(forget_corpus), general_text=_corpus(retain_corpus))
+        return with_instructions(Benchmark(name="wmdp", items=items, prompt_template=prompt_template,
+                                           forget_text=_corpus(forget_corpus), general_text=_corpus(retain_corpus)), instructions)
     except BenchmarkError as e:
         raise BenchmarkError(f"WMDP ({data_dir or path}): {e}") from None

@@ -72,7 +72,7 @@ class SuiteContext:
 
     bench: Benchmark
     tokenizer: Any
-    oracle: torch.nn.Module
+    oracle: torch.nn.Module | None  # None with model.inject: null (a pretrained target: nothing was withheld)
     settings: dict[str, Any] = field(default_factory=dict)
     target: torch.nn.Module | None = None
     cache_dir: str | None = None

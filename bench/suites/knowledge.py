@@ -124,7 +124,7 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
         values = split_values(scores, split.startswith("forget"))
         memorization = memorization_scores(model, split, ctx)
         values.update({m: float(v.mean()) for m, v in memorization.items()})
-        if split.startswith("forget"):
+        if split.startswith("forget") and ctx.oracle is not None:  # no oracle (model.inject: null): no forget quality
             oracle = ctx.reference((SUITE, split), lambda: split_scores(ctx.oracle, split, ctx))
             values["forget_quality"] = forget_quality(scores.truth_ratio, oracle.truth_ratio)
         if split == "general":

@@ -106,6 +106,9 @@ def _stats(model, split: str, ctx: SuiteContext) -> TokenStats:
 
 def reference_model(ctx: SuiteContext):
     which = ctx.settings_of(SUITE).reference
+    if which == "oracle" and ctx.oracle is None:  # Run rejects this plan before compute; a direct caller lands here
+        raise ConfigError("suite_settings.privacy.reference=oracle needs an oracle, and model.inject=null has none; "
+                          "set suite_settings.privacy.reference=target")
     if which == "target" and ctx.target is None:
         raise ValueError("privacy: reference=target needs the target model in the suite context; none was given")
     return ctx.oracle if which == "oracle" else ctx.target
@@ -148,9 +151,10 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
     splits = _splits(ctx)
     scores = attack_scores(model, ctx, splits)
     # The oracle's AUC per attack normalises privleak at every stage; scoring the oracle stage gives it.
-    oracle_auc = ctx.reference((SUITE, "oracle_auc", ctx.settings_of(SUITE).attacks),
-                               (lambda: _aucs(scores)) if model is ctx.oracle
-                               else lambda: _aucs(attack_scores(ctx.oracle, ctx, splits)))
+    # No oracle (model.inject: null, pre-existing knowledge): no privleak rows, only the AUCs.
+    oracle_auc = None if ctx.oracle is None else ctx.reference(
+        (SUITE, "oracle_auc", ctx.settings_of(SUITE).attacks),
+        (lambda: _aucs(scores)) if model is ctx.oracle else lambda: _aucs(attack_scores(ctx.oracle, ctx, splits)))
     holdout = {a: scores[a]["holdout"] for a in scores}
     rows: list[Row] = []
     for split in [sp for sp in MEMBER_SPLITS if sp in splits]:
@@ -159,7 +163,7 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
             n = len(members) + len(holdout[a])
             auc = mia_auc(members, holdout[a])
             rows.append(Row(stage, SUITE, split, f"mia_auc@{a}", auc, n))
-            if split == "forget":
+            if split == "forget" and oracle_auc is not None:
                 rows.append(Row(stage, SUITE, split, f"privleak@{a}", privleak(auc, oracle_auc[a]), n))
     examples = [{"stage": stage, "suite": SUITE, "split": split, "id": item_id,
                  "membership_scores": {a: float(scores[a][split][i]) for a in scores}}
