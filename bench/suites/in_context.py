@@ -26,7 +26,7 @@ conf/config.yaml), stages ([target, unlearned]; the oracle always runs), batch_s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -109,20 +109,24 @@ def prompts_for(context: str, ctx_tokenizer, bench: Benchmark, settings: Setting
     return prompts, ids
 
 
+def longest_sequence(settings: Settings, bench: Benchmark, tokenizer) -> int:
+    """Positions the longest prompt (either context) plus the longest option takes."""
+    option = max(len(tokenizer(answer_text(tokenizer, o), add_special_tokens=False).input_ids)
+                 for it in bench.split("forget") for o in it.options)
+    return option + max(len(encode_prompt(tokenizer, p)) for c in CONTEXTS for p in prompts_for(c, tokenizer, bench, settings)[0])
+
+
 def check_model(settings: Settings, bench: Benchmark, tokenizer, shape, max_positions: int | None) -> None:
-    """The longest prompt + option must fit the model's positions."""
+    """Every prompt + option must fit the model's positions; the message names the largest k that fits."""
     if max_positions is None:
         return
-    forget = bench.split("forget")
-    option = max(len(tokenizer(answer_text(tokenizer, o), add_special_tokens=False).input_ids) for it in forget
-                 for o in it.options)
-    longest = max(len(encode_prompt(tokenizer, p)) for c in CONTEXTS for p in prompts_for(c, tokenizer, bench, settings)[0])
-    if longest + option > max_positions:
-        per_demo = (longest + option) / (settings.k + 1)
-        fits = max(0, int(max_positions / per_demo) - 1)
+    need = longest_sequence(settings, bench, tokenizer)
+    if need > max_positions:
+        fits = next((k for k in range(settings.k - 1, 0, -1)
+                     if longest_sequence(replace(settings, k=k), bench, tokenizer) <= max_positions), 0)
+        fix = f"use k <= {fits}" if fits else "no k fits: use a model with more positions"
         raise ConfigError(f"suite_settings.in_context.k={settings.k}: prompts with {settings.k} demonstrations need up to "
-                          f"{longest + option} positions but the model has max_position_embeddings={max_positions}; "
-                          f"use k <= {fits} (about) or a model with more positions")
+                          f"{need} positions but the model has max_position_embeddings={max_positions}; {fix}")
 
 
 def context_scores(model, ctx: SuiteContext) -> dict[str, tuple[np.ndarray, list[list[str]]]]:
