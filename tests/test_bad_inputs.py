@@ -61,6 +61,10 @@ BAD = [
     (["continual.requests=2", "continual.suites=[knowlege]"], ["continual.suites", "did you mean 'knowledge'"]),
     (["model=hf"], ["model.pretrained"]),
     (["model=hf", "model.pretrained=nosuch-org/nosuch-model"], ["model.pretrained='nosuch-org/nosuch-model'", "local folder"]),
+    (["suites=[knowledge,quantization]", "suite_settings.quantization.bits=[3]"], ["suite_settings.quantization.bits", "[4, 8]"]),
+    (["suites=[knowledge,quantization]", "suite_settings.quantization.stages=[oracle]"], ["suite_settings.quantization.stages", "control"]),
+    (["suites=[knowledge,probe]", "suite_settings.probe.layers=[1]"], ["suite_settings.probe.layers=[1]", "layers 0..0"]),
+    (["suites=[knowledge,in_context]", "suite_settings.in_context.k=6"], ["suite_settings.in_context.k=6", "k <= 5"]),
     (["benchmark=tofu"], ["benchmark.data_dir"]),
     (["benchmark=file", "benchmark.path=/nonexistent/world.json"], ["/nonexistent/world.json"]),
 ]
