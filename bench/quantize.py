@@ -14,7 +14,8 @@ Backends:
   scale; a row whose length is not a multiple keeps a shorter last group). scale = max|w| / (2^(b−1) − 1)
   over the channel or group, q(w) = scale · round(w / scale): integers in [−(2^(b−1) − 1), 2^(b−1) − 1],
   so |w − q(w)| ≤ scale / 2 for every weight.
-- ``bitsandbytes`` (CUDA and the package installed; never a dependency of the harness): the layers
+- ``bitsandbytes`` (the package installed: never a dependency of the harness; chosen by ``auto`` on
+  CUDA only, forced on CPU it works from bitsandbytes 0.46 on, checked with 0.50.2): the layers
   are replaced by ``bnb.nn.Linear8bitLt`` (LLM.int8, outlier threshold 6.0, as transformers'
   ``load_in_8bit``) or ``bnb.nn.Linear4bit`` (FP4 with blocks of 64, as ``load_in_4bit``).
 """

@@ -13,7 +13,7 @@ from bench.errors import ConfigError
 from bench.method import ModelShape
 from bench.model_parts import decoder_parts
 from bench.models import build_base_model, inject_knowledge
-from bench.quantize import block_linears, quantized_copy, rtn_quantize, rtn_scales
+from bench.quantize import bitsandbytes_available, block_linears, quantized_copy, rtn_quantize, rtn_scales
 from bench.suites import SuiteContext, validate_settings
 from bench.suites import in_context, probe, quantization
 from bench.train import TrainConfig
@@ -76,6 +76,25 @@ def test_quantized_copy_of_a_micro_model_keeps_the_original_and_its_hooks(traine
             assert torch.equal(value, q_state[key]), key
     assert n_linear == len(quantized_names) == summary["layers"] == 7 * MICRO_ARCH["num_hidden_layers"]
     assert 0 < summary["relative_error"] < 0.2
+
+
+@pytest.mark.skipif(not bitsandbytes_available(), reason="bitsandbytes is optional (not a dependency)")
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bitsandbytes_backend_replaces_the_block_linears(tokenizer, bits):
+    """Where bitsandbytes is installed: its layers, as far from the model as round-to-nearest per channel (within 3x).
+    d = 64: bitsandbytes' CPU 4-bit kernel needs inputs of at least one 64-weight block."""
+    import bitsandbytes as bnb
+
+    model = build_base_model({"arch": {**MICRO_ARCH, "hidden_size": 64, "intermediate_size": 128}}, tokenizer, seed=0).eval()
+    quantized, _ = quantized_copy(model, bits, "bitsandbytes")
+    rtn, _ = quantized_copy(model, bits, "rtn")
+    kinds = {type(layer) for _, _, _, layer in block_linears(quantized)}
+    assert kinds == {bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit}
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        rtn_error = (rtn(input_ids=ids).logits - ref).abs().max()
+        assert 0 < (quantized(input_ids=ids).logits.float() - ref).abs().max() < 3 * rtn_error
 
 
 def test_quantization_rows_and_recovery_against_the_quantized_oracle(micro_bench, tokenizer, trained_micro, fresh_micro):

@@ -18,7 +18,8 @@ Examples (``kind: quantized``): backend, layers quantized, relative weight error
 Settings (``suite_settings.quantization``): bits ([8, 4]), granularity (``channel``: one scale per
 output row; ``group``: one per ``group_size`` inputs of a row; 128 is the usual group for real
 LLMs, and is per-channel for most layers of the d = 128 tiny model, hence the default 32 there),
-backend (``auto``: bitsandbytes on CUDA when installed, else ``rtn``), splits ([forget, retain]),
+backend (``auto``: bitsandbytes on CUDA when installed, else ``rtn``; ``bitsandbytes`` forces it, which
+runs on CPU too from bitsandbytes 0.46 on), splits ([forget, retain]),
 metrics ([em, mcq_acc]), stages ([target, unlearned]), batch_size.
 """
 
@@ -71,7 +72,7 @@ def check(settings: Settings, bench: Benchmark) -> None:
                           f"quantized as control), got {list(settings.stages)}; e.g. [target,unlearned]")
     if settings.backend == "bitsandbytes" and not bitsandbytes_available():
         raise ConfigError("suite_settings.quantization.backend=bitsandbytes but the bitsandbytes package is not installed; "
-                          "install it (CUDA) or use backend=rtn")
+                          "install it or use backend=rtn")
     answer_only = [s for s in settings.splits if any(it.answer_only for it in bench.split(SPLIT_VIEWS[s][0]))]
     if answer_only and {"mcq_acc", "truth_ratio"} & set(settings.metrics):
         raise ConfigError(f"suite_settings.quantization.splits: {answer_only} have answer-only items (no options: no "
@@ -86,8 +87,6 @@ def quantized_values(model, bits: int, ctx: SuiteContext) -> tuple[dict[str, dic
     """split -> metric -> value, split -> items, and the quantization summary, for ``model`` at ``bits``."""
     s = ctx.settings_of(SUITE)
     backend = resolve_backend(s.backend, model_device(model))
-    if backend == "bitsandbytes" and model_device(model).type != "cuda":
-        raise ConfigError("suite_settings.quantization.backend=bitsandbytes needs the model on CUDA; use backend=rtn on CPU")
     quantized, summary = quantized_copy(model, bits, backend, _group_size(s))
     values, sizes = {}, {}
     for split in s.splits:
