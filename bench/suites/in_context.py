@@ -82,9 +82,10 @@ def check(settings: Settings, bench: Benchmark) -> None:
                           f"scored as control), got {list(settings.stages)}; e.g. [target,unlearned]")
     for context, n in available(settings, bench).items():
         if settings.k > n:
-            whose = " of other people" if context == "forget" and not settings.same_person else ""
-            raise ConfigError(f"suite_settings.in_context.k={settings.k} but a forget question has only {n} other "
-                              f"{context} facts{whose} to draw demonstrations from; use k <= {n}")
+            facts = ("other forget facts" + ("" if settings.same_person else " of other people")
+                     if context == "forget" else "retain facts")
+            raise ConfigError(f"suite_settings.in_context.k={settings.k} but a forget question has only {n} {facts} "
+                              f"to draw demonstrations from; use k <= {n}")
 
 
 def demonstrations(question: QAItem, index: int, context: str, bench: Benchmark, settings: Settings) -> list[QAItem]:
