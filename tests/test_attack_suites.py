@@ -132,8 +132,13 @@ def test_probe_reads_facts_a_model_learned_well_above_chance(tokenizer):
     bench = synthetic_world(seed=0, n_people=24, forget_fraction=0.25, holdout_fraction=0.0, n_relations=2,
                             n_general_facts=4, n_general_text=2, n_heldout_text=1)
     model = build_base_model({"arch": MICRO_ARCH}, tokenizer, seed=0)
-    inject_knowledge(model, bench, tokenizer, "target",
-                     TrainConfig(lr=1e-2, max_steps=300, batch_size=16, warmup_steps=10, schedule="cosine", check_every=0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 300 steps: ~4 s on one thread, 20x that when two threads spin on a busy machine
+    try:
+        inject_knowledge(model, bench, tokenizer, "target",
+                         TrainConfig(lr=1e-2, max_steps=300, batch_size=16, warmup_steps=10, schedule="cosine", check_every=0))
+    finally:
+        torch.set_num_threads(threads)
     untrained = build_base_model({"arch": MICRO_ARCH}, tokenizer, seed=1)
     acc = {}
     for name, m in (("trained", model), ("untrained", untrained)):
