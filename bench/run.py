@@ -48,7 +48,8 @@ from bench.settings import did_you_mean, parse_arguments, parse_settings
 from bench.scoring import score_answers
 from bench.items import mcq_correct, prompts
 from bench.stage_cache import cached_stage, stage_identity
-from bench.suites import Row, SuiteContext, available_suites, evaluate_suites, validate_settings
+from bench.suites import (Row, SuiteContext, available_suites, check_suites_against_model, evaluate_suites,
+                          validate_settings)
 from bench.tokenizer import load_model_tokenizer
 from bench.train import TrainResult
 from bench.tune import apply_tuned, parse_space, split_tune
@@ -201,7 +202,11 @@ class Run:
                 arch = LlamaConfig(**self.model_spec["arch"])
             except (ValueError, TypeError) as e:  # transformers' own validation of the config
                 raise ConfigError(f"model.arch: {' '.join(str(e).split())}") from None
-            self.check_plan(ModelShape(arch.hidden_size, arch.num_hidden_layers))
+            self.shape: ModelShape | None = ModelShape(arch.hidden_size, arch.num_hidden_layers)
+            self.max_positions: int | None = arch.max_position_embeddings
+            self.check_plan(self.shape)
+        else:
+            self.shape, self.max_positions = None, None  # known from the pretrained config in prepare
         self.suite_settings = validate_settings([*self.suites, *self.request_suites], s.suite_settings, self.bench)
         privacy = self.suite_settings.get("privacy")
         if (not self.inject and "privacy" in [*self.suites, *self.request_suites]
@@ -212,6 +217,7 @@ class Run:
         # A tuned run's identity includes its tuning provenance (seeds, file digest), not only the merged values.
         self.cfg_hash = config_hash(self.resolved if self.tuning is None else {**self.resolved, "tuning": self.tuning})
         self.code = code_version()
+        self.selected_settings = {name: self.suite_settings[name] for name in dict.fromkeys([*self.suites, *self.request_suites])}
         self.rows: list[Row] = []
         self.examples: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
@@ -260,7 +266,9 @@ class Run:
                 config = AutoConfig.from_pretrained(self.source, local_files_only=local,
                                                     revision=None if local else self.model_spec.get("revision"),
                                                     trust_remote_code=bool(self.model_spec.get("trust_remote_code", False)))
-                self.check_plan(ModelShape(int(config.hidden_size), int(config.num_hidden_layers)))
+                self.shape = ModelShape(int(config.hidden_size), int(config.num_hidden_layers))
+                self.max_positions = getattr(config, "max_position_embeddings", None)
+                self.check_plan(self.shape)
         except ValueError as e:  # an unknown model type, or code the checkpoint ships that may not run
             raise ModelConfigError(f"model.pretrained={self.source!r}: {' '.join(str(e).split())[:300]} "
                                    "(model.trust_remote_code=true runs code shipped with the checkpoint)") from None
@@ -275,6 +283,8 @@ class Run:
         if not self.model_spec.get("pretrained") and arch.get("max_position_embeddings"):
             # A model built from `arch` has a known position range: check every sequence against it now.
             check_lengths(self.tokenizer, self.bench, int(arch["max_position_embeddings"]))
+        if self.shape is not None:
+            check_suites_against_model(self.selected_settings, self.bench, self.tokenizer, self.shape, self.max_positions)
         self.device = resolve_device(self.model_spec.get("device", "auto"))
         self.forget_filter: dict[str, Any] | None = None
         if not self.inject:  # the forget split is what the base model knows: known before any record moves

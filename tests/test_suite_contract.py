@@ -31,7 +31,7 @@ def test_config_lists_every_key_without_repeating_defaults(micro_bench):
     for name, keys in block.items():
         fields = {f.name for f in dataclasses.fields(suites.suite_module(name).Settings)}
         assert set(keys) == fields, name
-        interpolated = {"attacks", "seed"} if name == "relearn" else set()
+        interpolated = {"relearn": {"attacks", "seed"}, "in_context": {"seed"}}.get(name, set())
         assert {k for k, v in keys.items() if v is not None} == interpolated, name
     cfg = compose_config("suite_settings.diagnostics.top_m=[10]", "seed=3")
     from omegaconf import OmegaConf

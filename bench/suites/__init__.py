@@ -6,6 +6,10 @@ The suite contract. A suite module ``bench/suites/<name>.py`` defines
   defaults are the only defaults (``bench.settings.parse_settings`` validates raw config into it);
 - ``check(settings, bench) -> None``: checks that need the benchmark, raising a ``UserError``
   before any compute;
+- optionally ``check_model(settings, bench, tokenizer, shape, max_positions) -> None``: checks that
+  need the tokenizer or the model's shape (``bench.method.ModelShape``; ``max_positions`` the
+  model's position range, None if unbounded), called once both are known and still before any
+  model is trained or loaded (``Run.prepare``);
 - ``evaluate(model, stage, ctx) -> SuiteOutput``: the stage's rows and per-item examples.
 
 Suites never train (the relearn suite attacks a copy). They read their settings with
@@ -149,6 +153,15 @@ def validate_settings(suites: Sequence[str], raw: Mapping[str, Any] | None, benc
     for name in dict.fromkeys(suites):
         suite_module(name).check(settings[name], bench)
     return settings
+
+
+def check_suites_against_model(settings: Mapping[str, Any], bench: Benchmark, tokenizer: Any, shape: Any,
+                               max_positions: int | None) -> None:
+    """Each selected suite's optional ``check_model``; ``settings``: suite name -> typed ``Settings``."""
+    for name, s in settings.items():
+        hook = getattr(suite_module(name), "check_model", None)
+        if hook is not None:
+            hook(s, bench, tokenizer, shape, max_positions)
 
 
 def evaluate_suites(suites: Sequence[str], model: torch.nn.Module, stage: str, ctx: SuiteContext) -> SuiteOutput:

@@ -50,11 +50,11 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
 
 from bench.benchmark import SPLITS, Benchmark
 from bench.data import IGNORE, batches_in_order, encode_qa, pad_id
 from bench.errors import ConfigError
+from bench.model_parts import block_outputs, decoder_parts
 from bench.scoring import eval_mode, model_device
 from bench.settings import bounded
 from bench.suites import Row, SuiteContext, SuiteOutput
@@ -206,33 +206,15 @@ def hide_ratio(s_minus: float, s_plus: float) -> float:
 
 # ---- logit lens -----------------------------------------------------------------------------------
 
-def _lens_parts(model: torch.nn.Module):
-    """Decoder blocks, final norm and output embedding of the (possibly wrapped) causal LM."""
-    lm = next((m for m in model.modules() if isinstance(m, PreTrainedModel) and m.get_output_embeddings() is not None), None)
-    if lm is None:
-        raise ValueError("diagnostics: no causal LM with an output embedding inside the model; the logit lens needs one")
-    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
-    layers, norm = getattr(decoder, "layers", None), getattr(decoder, "norm", None)
-    if layers is None or norm is None:
-        raise ValueError(f"diagnostics: {type(decoder).__name__} has no `layers`/`norm`; the logit lens needs a Llama-like decoder")
-    return list(layers), norm, lm.get_output_embeddings()
-
-
 @torch.no_grad()
 def lens_logprobs(model: torch.nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad: int,
                   batch_size: int = 32) -> np.ndarray:
     """Per layer and example, the summed log-prob of the answer tokens (end token excluded) read
     through the logit lens after each decoder block; shape [layers, examples]."""
-    blocks, norm, head = _lens_parts(model)
+    _, norm, head = decoder_parts(model)
     device = model_device(model)
-    states: list[torch.Tensor] = []
-
-    def hook(_mod, _inp, out):
-        states.append(out[0] if isinstance(out, tuple) else out)
-
-    handles = [b.register_forward_hook(hook) for b in blocks]
     out = []
-    try:
+    with block_outputs(model) as states:
         with eval_mode(model):
             for batch in batches_in_order(examples, batch_size, pad):
                 batch = batch.to(device)
@@ -249,10 +231,6 @@ def lens_logprobs(model: torch.nn.Module, examples: Sequence[tuple[list[int], li
                     tok = torch.gather(logp, 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
                     per_layer.append((tok * mask).sum(-1).cpu())
                 out.append(torch.stack(per_layer))
-    finally:
-        for h in handles:
-            h.remove()
-        states.clear()
     return torch.cat(out, dim=1).double().numpy()
 
 
