@@ -216,6 +216,7 @@ class Run:
                       outcome.result.steps)
         else:
             self.evaluate(outcome.model, stages.UNLEARNED)
+            self.evaluate_hook_controls(outcome.model)
         self.timings["total"] = round(time.perf_counter() - t0, 3)
         return self.write(outcome)
 
@@ -274,6 +275,20 @@ class Run:
             self.reused_stages.append(stage)
         self.clock(stage, start)
 
+    def evaluate_hook_controls(self, unlearned: torch.nn.Module) -> None:
+        """For a method that keeps its edit in hooks: the oracle with those hooks attached and the unlearned
+        model with them removed, each a copy evaluated like any stage (``bench.stages.HOOK_STAGES``)."""
+        hooks = self.method.hooks(unlearned)
+        if hooks is None:
+            return
+        oracle = copy.deepcopy(self.oracle)
+        hooks.attach(oracle)
+        self.evaluate(oracle, stages.ORACLE_WITH_HOOKS)
+        del oracle
+        bare = copy.deepcopy(unlearned)
+        hooks.remove(bare)
+        self.evaluate(bare, stages.UNLEARNED_HOOKS_REMOVED)
+
     def unlearn(self) -> Outcome:
         forget, retain = self.bench.split("forget"), self.bench.split("retain")
         model = copy.deepcopy(self.target)
@@ -301,7 +316,7 @@ class Run:
         u = self.settings.unlearn
         uctx = UnlearnContext(seed=self.settings.seed, device=self.device, max_steps=u.max_steps, batch_size=u.batch_size,
                               warmup_steps=u.warmup_steps, check_every=u.check_every, grad_clip=u.grad_clip,
-                              should_stop=should_stop if target is not None else None)
+                              should_stop=should_stop if target is not None else None, requests=self.n_requests)
         torch.manual_seed(self.settings.seed)
         unlearned, result = method.unlearn(model, UnlearnData(bench=bench, tokenizer=tok, forget=forget, retain=retain), uctx)
         reached = None
