@@ -35,7 +35,7 @@ from transformers import AutoConfig, LlamaConfig
 
 from bench import stages
 from bench.benchmark import Benchmark, QAItem
-from bench.continual import evaluate_request, split_requests
+from bench.continual import check_request_suites, evaluate_request, split_requests
 from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, ModelShape, UnlearnContext, UnlearnData
@@ -183,6 +183,7 @@ class Run:
                 raise ConfigError(f"model.arch: {' '.join(str(e).split())}") from None
             self.check_plan(ModelShape(arch.hidden_size, arch.num_hidden_layers))
         self.suite_settings = validate_settings([*self.suites, *self.request_suites], s.suite_settings, self.bench)
+        check_request_suites(self.bench, self.n_requests, self.request_suites, s.suite_settings)
         self.cfg_hash, self.code = config_hash(self.resolved), code_version()
         self.rows: list[Row] = []
         self.examples: list[dict[str, Any]] = []
