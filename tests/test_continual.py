@@ -84,3 +84,28 @@ def test_continual_relearn_that_cannot_fit_the_first_request_fails_before_comput
         run(compose_config(f"cache_dir={cache}", "continual.requests=2", "continual.suites=[knowledge,relearn]",
                            "attack=[rtt]", "attack.rtt.folds=4", *WORLD_4), tmp_path_factory.mktemp("bad"), "ga")
     assert not cache.exists()
+
+
+def test_issue_command_passes_every_check_on_the_tiny_model(tmp_path):
+    """`python -m bench.run method=mrp continual.requests=4` (tiny model, d = 128): the constructor's checks
+    (the rank plan among them) pass without overrides; k = 8 per request."""
+    from bench.method import ModelShape
+    from bench.run import Run
+    from methods.mrp import request_rank
+
+    r = Run(compose_config("method=mrp", "continual.requests=4", f"cache_dir={tmp_path / 'cache'}", micro=False),
+            tmp_path / "run", "mrp")
+    assert r.method.k is None and request_rank(r.method.k, r.method.rank_budget, 128, r.n_requests) == 8
+    r.method.check_plan(4, ModelShape(128, 2))
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_mrp_defaults_run_four_requests_on_the_tiny_model(tmp_path):
+    """The issue's command end to end on the tiny model (trains target and oracle unless cached: minutes)."""
+    import os
+
+    cache = os.environ.get("UNLEARN_BENCH_CACHE", str(tmp_path / "cache"))
+    record = run(compose_config(f"cache_dir={cache}", "method=mrp", "continual.requests=4", "unlearn.max_steps=10",
+                                "threads=1", "suites=[knowledge]", micro=False), tmp_path / "run", "mrp")
+    assert record["status"] == "complete" and [r["request"] for r in record["unlearn"]["requests"]] == [1, 2, 3, 4]
