@@ -125,7 +125,6 @@ class Ssiuu(LossMethod):
         With ``create_graph`` the returned g keep their graph (for the Hessian-vector product); attention
         then runs on the math kernel (the fused CPU/CUDA kernels have no double backward)."""
         params = [p for p in model.parameters() if p.requires_grad]
-        total: list[torch.Tensor] | None = None
         with sdpa_kernel([SDPBackend.MATH]) if create_graph else contextlib.nullcontext():
             total = Ssiuu._summed_grads(model, params, batches, create_graph)
         return params, total, [p.detach() * g.detach() for p, g in zip(params, total)]
@@ -146,14 +145,14 @@ class Ssiuu(LossMethod):
         params, grads, attr = self.attribution(model, self.attribution_batches(batch), create_graph=exact)
         penalty = 0.0
         if self._prev is not None:
-            extras, hvp_vector = [], []
+            extras, masked_diffs = [], []
             for g, a, a_prev in zip(grads, attr, self._prev):
                 diff = torch.where(a < 0, a - a_prev, torch.zeros_like(a))  # m ⊙ Δ
                 penalty += float(diff.pow(2).sum())
                 extras.append(2.0 * self.lam * diff * g.detach())
-                hvp_vector.append(diff)
+                masked_diffs.append(diff)
             if exact:  # H(m⊙Δ⊙φ) = ∂/∂φ <g, m⊙Δ⊙φ> with the vector held fixed
-                dot = sum((g * (d * p.detach())).sum() for g, d, p in zip(grads, hvp_vector, params))
+                dot = sum((g * (d * p.detach())).sum() for g, d, p in zip(grads, masked_diffs, params))
                 with sdpa_kernel([SDPBackend.MATH]):
                     hvp = torch.autograd.grad(dot, params, allow_unused=True) if dot.requires_grad else [None] * len(params)
                 extras = [e if h is None else e + (2.0 * self.lam) * h.detach() for e, h in zip(extras, hvp)]
