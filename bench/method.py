@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Protocol, Sequence
 
 import torch
 
@@ -45,6 +45,8 @@ class UnlearnContext:
 
     should_stop(model, step) is the fair-comparison stopping rule (forget metric at its target);
     None means fixed-step mode. ``batch_size`` applies to forget and retain batches alike.
+    ``requests``: how many sequential requests the run makes (continual unlearning; 1 otherwise),
+    for methods that share a budget across them (MRP's projector rank).
     """
 
     seed: int
@@ -55,6 +57,7 @@ class UnlearnContext:
     check_every: int = 5
     grad_clip: float | None = 1.0
     should_stop: Callable[[torch.nn.Module, int], bool] | None = None
+    requests: int = 1
 
     def train_config(self, lr: float, optimizer: str = "adamw", max_steps: int | None = None) -> TrainConfig:
         return TrainConfig(lr=lr, max_steps=self.max_steps if max_steps is None else max_steps,
@@ -77,8 +80,25 @@ class ModelShape:
     num_layers: int
 
 
+class Hooks(Protocol):
+    """An edit a method keeps outside the weights (forward hooks and the modules they call, as MRP's
+    projection): ``attach`` puts a copy of it on another model of the same architecture, ``remove``
+    takes it off a model, leaving the weights as they are."""
+
+    def attach(self, model: torch.nn.Module) -> None: ...
+
+    def remove(self, model: torch.nn.Module) -> None: ...
+
+
 class Method(ABC):
     """Anything that turns a trained model into an unlearned one."""
+
+    def hooks(self, model: torch.nn.Module) -> Hooks | None:
+        """The hooks this method left on ``model`` (its unlearned model), or None: a method that only
+        edits weights (the default). A method with hooks gets two control stages in every run
+        (``bench.stages.HOOK_STAGES``): the oracle with the hooks attached, the unlearned model
+        with them removed."""
+        return None
 
     @abstractmethod
     def unlearn(self, model: torch.nn.Module, data: UnlearnData, ctx: UnlearnContext) -> tuple[torch.nn.Module, TrainResult]:

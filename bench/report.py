@@ -30,11 +30,14 @@ from hydra.experimental.callback import Callback
 from bench.directions import direction, is_integer, rank_key
 from bench.errors import UserError, exit_with
 from bench.record import RECORD
-from bench.stages import REFERENCE_STAGES, UNLEARNED
+from bench.stages import HOOK_STAGES, REFERENCE_STAGES, UNLEARNED
 from bench.disk_cache import atomic_write
 from bench.table_stats import ci95, paired
 
-TABLE_STAGES = REFERENCE_STAGES + (UNLEARNED,)
+# Control stages of a run (the oracle with the method's hooks, the unlearned model without them) are
+# rows of their own, labelled "<method row> <stage>", never best-marked and never a baseline.
+CONTROL_STAGES = HOOK_STAGES
+TABLE_STAGES = REFERENCE_STAGES + (UNLEARNED,) + CONTROL_STAGES
 # Config keys that never change numbers (and the seed, pooled over): left out of row identity and labels.
 IGNORED_KEYS = ("seed", "cache_dir", "threads", "reuse_stages", "hydra", "report")
 # Blocks that change only the unlearned stage: left out of the reference (target/oracle) group.
@@ -303,10 +306,11 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "reached": _reached(rec), "config_hash": rec.get("config_hash"),
                 "tuning": json.dumps(rec["tuning"], sort_keys=True) if isinstance(rec.get("tuning"), dict) else ""}
         for r in list(rec["rows"]) + _trace_rows(rec):
-            ref = r["stage"] in REFERENCE_STAGES
-            row = (f"{r['stage']} {ident.group}".strip() if ref else ident.row)
+            ref, control = r["stage"] in REFERENCE_STAGES, r["stage"] in CONTROL_STAGES
+            row = (f"{r['stage']} {ident.group}".strip() if ref else f"{ident.row} {r['stage']}" if control else ident.row)
             rows.append({**base, "row": row, **{k: r.get(k) for k in ("stage", "suite", "split", "metric", "n")},
-                         "value": float("nan") if r["value"] is None else float(r["value"])})
+                         "value": float("nan") if r["value"] is None else float(r["value"]),
+                         **({"reached": None} if control else {})})  # the stopping target is the unlearned stage's
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
@@ -375,6 +379,7 @@ class RowInfo:
     diverged: int        # seeds whose run diverged (no numbers from them)
     reached: int | None  # seeds that reached the stopping target (None: fixed-step mode)
     missed: int
+    control: bool = False  # a control stage of a method row (bench.stages.HOOK_STAGES)
 
     @property
     def mark(self) -> str:
@@ -397,7 +402,8 @@ def row_infos(df: pd.DataFrame) -> dict[str, RowInfo]:
         reached_vals = per_rec["reached"].dropna()
         missed = int(by_seed["reached"].apply(lambda s: any(v is False for v in s)).sum())
         reached = None if reached_vals.empty else int(by_seed["reached"].apply(lambda s: all(v is True for v in s)).sum())
-        infos[label] = RowInfo(label, grp["group"].iloc[0], False, grp["method"].iloc[0], seeds, diverged, reached, missed)
+        infos[label] = RowInfo(label, grp["group"].iloc[0], False, grp["method"].iloc[0], seeds, diverged, reached, missed,
+                               bool(grp["stage"].isin(CONTROL_STAGES).all()))
     groups = sorted(dict.fromkeys(i.group for i in infos.values()))
     ordered: dict[str, RowInfo] = {}
     for g in groups:
@@ -412,7 +418,7 @@ def best_entities(agg: pd.DataFrame, col: Column, infos: dict[str, RowInfo] | No
     """Method rows (not reference stages) with the best mean in a column, per reference group."""
     sel = agg[(agg.column == col.label)].dropna(subset=["mean"])
     if infos is not None:
-        sel = sel[sel.entity.map(lambda e: e in infos and not infos[e].reference)]
+        sel = sel[sel.entity.map(lambda e: e in infos and not infos[e].reference and not infos[e].control)]
     else:
         sel = sel[~sel.entity.str.split(" ").str[0].isin(REFERENCE_STAGES)]
     d = col.better
@@ -572,7 +578,7 @@ def numeric_csv(t: Table) -> pd.DataFrame:
 
 def baseline_rows(infos: dict[str, RowInfo], baseline: str) -> dict[str, str]:
     """Reference group -> the baseline's row in it: a row label, or a method with one row per group."""
-    methods = [i for i in infos.values() if not i.reference]
+    methods = [i for i in infos.values() if not i.reference and not i.control]
     exact = [i for i in methods if i.label == baseline]
     chosen = exact or [i for i in methods if i.method == baseline]
     if not chosen:

@@ -35,7 +35,7 @@ from transformers import AutoConfig, LlamaConfig
 
 from bench import stages
 from bench.benchmark import Benchmark, QAItem
-from bench.continual import evaluate_request, split_requests
+from bench.continual import check_request_suites, evaluate_request, split_requests
 from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, ModelShape, UnlearnContext, UnlearnData
@@ -168,10 +168,12 @@ class Run:
         self.run_dir = Path(run_dir)
         self.method_name = method_name
         self.resolved = resolve(cfg)
+        tunable = True
         if isinstance(self.resolved.get("method"), dict):
             build_method(self.resolved["method"])  # the tune: block is checked, then left out of the record and hash
-            self.resolved["method"] = split_tune(self.resolved["method"])[0]
-        self.tuning = apply_tuned(self.resolved, method_name, overridden)
+            self.resolved["method"], space = split_tune(self.resolved["method"])
+            tunable = space is not None
+        self.tuning = apply_tuned(self.resolved, method_name, overridden, tunable=tunable)
         self.settings = RunConfig.parse(self.resolved)
         s = self.settings
         self.suites = list(dict.fromkeys(s.suites))
@@ -217,6 +219,7 @@ class Run:
         # A tuned run's identity includes its tuning provenance (seeds, file digest), not only the merged values.
         self.cfg_hash = config_hash(self.resolved if self.tuning is None else {**self.resolved, "tuning": self.tuning})
         self.code = code_version()
+        check_request_suites(self.bench, self.n_requests, self.request_suites, s.suite_settings)
         self.selected_settings = {name: self.suite_settings[name] for name in dict.fromkeys([*self.suites, *self.request_suites])}
         self.rows: list[Row] = []
         self.examples: list[dict[str, Any]] = []
@@ -251,6 +254,7 @@ class Run:
                       outcome.result.steps)
         else:
             self.evaluate(outcome.model, stages.UNLEARNED)
+            self.evaluate_hook_controls(outcome.model)
         self.timings["total"] = round(time.perf_counter() - t0, 3)
         return self.write(outcome)
 
@@ -328,6 +332,20 @@ class Run:
             self.reused_stages.append(stage)
         self.clock(stage, start)
 
+    def evaluate_hook_controls(self, unlearned: torch.nn.Module) -> None:
+        """For a method that keeps its edit in hooks: the oracle with those hooks attached and the unlearned
+        model with them removed, each a copy evaluated like any stage (``bench.stages.HOOK_STAGES``)."""
+        hooks = self.method.hooks(unlearned)
+        if hooks is None:
+            return
+        oracle = copy.deepcopy(self.oracle)
+        hooks.attach(oracle)
+        self.evaluate(oracle, stages.ORACLE_WITH_HOOKS)
+        del oracle
+        bare = copy.deepcopy(unlearned)
+        hooks.remove(bare)
+        self.evaluate(bare, stages.UNLEARNED_HOOKS_REMOVED)
+
     def unlearn(self) -> Outcome:
         forget, retain = self.bench.split("forget"), self.bench.split("retain")
         model = copy.deepcopy(self.target)
@@ -355,7 +373,7 @@ class Run:
         u = self.settings.unlearn
         uctx = UnlearnContext(seed=self.settings.seed, device=self.device, max_steps=u.max_steps, batch_size=u.batch_size,
                               warmup_steps=u.warmup_steps, check_every=u.check_every, grad_clip=u.grad_clip,
-                              should_stop=should_stop if target is not None else None)
+                              should_stop=should_stop if target is not None else None, requests=self.n_requests)
         torch.manual_seed(self.settings.seed)
         unlearned, result = method.unlearn(model, UnlearnData(bench=bench, tokenizer=tok, forget=forget, retain=retain), uctx)
         reached = None

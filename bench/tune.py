@@ -420,12 +420,13 @@ def _first_difference(a: Any, b: Any, where: str) -> str | None:
     return None if _same(a, b) else f"{where}: {json.dumps(b, default=str)} here, {json.dumps(a, default=str)} when tuned"
 
 
-def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence[str] = ()) -> dict[str, Any] | None:
+def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence[str] = (),
+                tunable: bool = True) -> dict[str, Any] | None:
     """Merge the tuned values for ``method_name`` into ``resolved['method']`` (in place) when ``resolved['tuned']``
     names a file; returns the tuning provenance for the record (None without a file).
 
     Refused before compute, with the fix: a run seed (or world seed) among the tuning seeds, a method the file has
-    no values for (or none reached the target), a run config other than the one tuned under, and a
+    no values for (or none reached the target; a method without a ``tune:`` block, ``tunable=False``, runs its YAML), a run config other than the one tuned under, and a
     command-line ``method.<key>`` override of a tuned key."""
     path = resolved.get("tuned")
     if path is None:
@@ -441,6 +442,9 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
             raise TuneError(f"{name}={value} is one of the tuning seeds {seeds} of tuned={path}: reporting on a tuning "
                             f"seed inflates the tuned method; report on other seeds (e.g. seed=0,1,2,3,4)")
     entry = data["methods"].get(method_name)
+    if entry is None and not tunable:  # no tune: block (a control such as random_projection): its YAML is its setting
+        return {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
+                "utility": data.get("utility"), "values": {}, "note": "no tune: block: the method YAML's values"}
     if entry is None:
         raise TuneError(f"tuned={path} has no settings for method {method_name!r} (tuned: {sorted(data['methods'])}); "
                         f"tune it (python -m bench.run -m +experiment=tune method={method_name}) or set tuned=null")

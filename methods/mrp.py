@@ -24,10 +24,21 @@ with it) and fine-tune. ``remove_projection(model)`` takes it off (the target mo
 
 Continual unlearning: calling ``unlearn`` on a model that already carries a projection appends
 the new W_t after the frozen directions of earlier requests: the rank grows by k per request.
+Rank budget (``request_rank``): with ``k: null`` (the default) each request gets
+k = floor(rank_budget·d / requests), so the projector's final rank stays within rank_budget·d
+however many requests the run makes (d = 128, rank_budget 0.25: k = 32 for one request, 8 each for
+four); an explicit ``k`` is used as given and must keep k·requests < d.
+
+Controls (``Method.hooks``): the run evaluates the oracle with the unlearned model's projection
+attached (stage ``oracle_with_hooks``) and the unlearned model with it removed
+(``unlearned_hooks_removed``: the target itself, the base weights being frozen); the method
+``random_projection`` (methods/random_projection.py) projects out random directions of the same
+rank at the same layers, untrained.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -222,6 +233,51 @@ def _reattach(model: nn.Module, proj: MRPProjection) -> None:
         blocks[i].register_forward_hook(proj.per_layer[str(i)])
 
 
+class ProjectionHooks:
+    """A model's projection as ``bench.method.Hooks``: attach a copy to another model, or remove it."""
+
+    def __init__(self, proj: MRPProjection) -> None:
+        self.proj = proj
+
+    def attach(self, model: nn.Module) -> None:
+        if projection_of(model) is not None:
+            raise ValueError("MRP: the model already carries a projection")
+        proj = copy.deepcopy(self.proj).to(next(model.parameters()).device)
+        _reattach(model, proj)
+
+    def remove(self, model: nn.Module) -> None:
+        remove_projection(model)
+
+
+def projection_hooks(model: nn.Module) -> ProjectionHooks | None:
+    proj = projection_of(model)
+    return None if proj is None else ProjectionHooks(proj)
+
+
+def request_rank(k: int | None, rank_budget: float, hidden_size: int, requests: int) -> int:
+    """Directions per layer for one request: ``k`` as given, or (k None) floor(rank_budget·d / requests)."""
+    return int(k) if k is not None else int(rank_budget * hidden_size) // max(1, requests)
+
+
+def check_rank_plan(layers: list[int], k: int | None, rank_budget: float, n_requests: int, shape: ModelShape) -> None:
+    """The chosen blocks exist and the projector's rank, growing by k per request, stays below d."""
+    missing = [i for i in layers if not 0 <= i < shape.num_layers]
+    if missing:
+        raise ValueError(f"method.layers={layers} names block(s) {missing}, but the model has "
+                         f"{shape.num_layers} decoder blocks; use indices in 0..{shape.num_layers - 1}")
+    d = shape.hidden_size
+    if k is None:
+        if request_rank(None, rank_budget, d, n_requests) < 1:
+            raise ValueError(f"method.rank_budget={rank_budget} of d = {d} is {int(rank_budget * d)} directions, fewer "
+                             f"than the {n_requests} requests; raise method.rank_budget to at least "
+                             f"{math.ceil(n_requests / d * 1000) / 1000} or set method.k")
+        return
+    if k * n_requests >= d:
+        raise ValueError(f"method.k={k} directions x {n_requests} requests = {k * n_requests} >= d = {d}: "
+                         f"the projection would remove the whole residual stream; use method.k <= "
+                         f"{max(1, (d - 1) // n_requests)}, or method.k=null (k from method.rank_budget per request)")
+
+
 def load_projected(path: str | Path, **kwargs) -> nn.Module:
     """Load a model saved by ``save_projected`` with its projection in place.
 
@@ -320,7 +376,9 @@ class MRP(LossMethod):
     reached the target in 100 steps. Retune k with d and the size of a request.
 
     layers: decoder blocks whose output is projected (negative counts from the end).
-    k: directions per layer per request (the projector's rank grows by k per request).
+    k: directions per layer per request (the projector's rank grows by k per request); null (default):
+    floor(rank_budget·d / requests), so continual runs fit (``request_rank``).
+    rank_budget: with k null, the share of d the projector may take over all requests of a run, in (0, 1).
     retain_energy: share of the retain states' energy the protected subspace U_r keeps, in (0, 1).
     max_retain_rank: cap on r as a fraction of d, in (0, 1): r ≤ floor(fraction·d) and r ≤ d − k.
     init_tokens: hidden states used for the init: ``all`` real tokens or ``answer`` read-out positions.
@@ -331,7 +389,8 @@ class MRP(LossMethod):
     """
 
     layers: list[int] = field(default_factory=lambda: [0])
-    k: int = 32
+    k: int | None = None
+    rank_budget: float = 0.25
     retain_energy: float = 0.9
     max_retain_rank: float = 0.5
     init_tokens: Literal["all", "answer"] = "all"
@@ -344,15 +403,10 @@ class MRP(LossMethod):
     def check_plan(self, n_requests: int, shape: ModelShape) -> None:
         """The chosen blocks must exist, and the projector's rank grows by k per request: it must stay
         below d or nothing is left."""
-        missing = [i for i in self.layers if not 0 <= i < shape.num_layers]
-        if missing:
-            raise ValueError(f"MRP: method.layers={self.layers} names block(s) {missing}, but the model has "
-                             f"{shape.num_layers} decoder blocks; use indices in 0..{shape.num_layers - 1}")
-        d = shape.hidden_size
-        if self.k * n_requests >= d:
-            raise ValueError(f"MRP: k={self.k} directions x {n_requests} requests = {self.k * n_requests} >= d = {d}: "
-                             f"the projection would remove the whole residual stream; use method.k <= "
-                             f"{max(1, (d - 1) // n_requests)} (e.g. method.k=8 for continual runs on the tiny model)")
+        check_rank_plan(self.layers, self.k, self.rank_budget, n_requests, shape)
+
+    def hooks(self, model: nn.Module) -> ProjectionHooks | None:
+        return projection_hooks(model)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # lr > 0, optimizer
@@ -360,8 +414,10 @@ class MRP(LossMethod):
         self.layers = [int(i) for i in self.layers]
         if not self.layers:
             raise ValueError(f"{name}: layers must name at least one decoder block, e.g. method.layers=[0]")
-        if self.k < 1:
-            raise ValueError(f"{name}: k must be >= 1, got {self.k}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"{name}: k must be >= 1 or null (from rank_budget), got {self.k}")
+        if not 0 < self.rank_budget < 1:
+            raise ValueError(f"{name}: rank_budget is a fraction of d in (0, 1), got {self.rank_budget}")
         if not 0 < self.retain_energy < 1:
             raise ValueError(f"{name}: retain_energy must lie in (0, 1) (never the full span), got {self.retain_energy}")
         if not 0 < self.max_retain_rank < 1:
@@ -373,25 +429,26 @@ class MRP(LossMethod):
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"{name}: epochs must be positive or null, got {self.epochs}")
 
-    def initialise(self, model: nn.Module, data: UnlearnData, proj: MRPProjection) -> None:
+    def initialise(self, model: nn.Module, data: UnlearnData, proj: MRPProjection, requests: int = 1) -> None:
         d = proj.hidden_size
+        k = request_rank(self.k, self.rank_budget, d, requests)
         forget = collect_states(model, data.tokenizer, data.examples("forget"), proj.layer_ids, self.init_tokens)
         retain = collect_states(model, data.tokenizer, data.examples("retain"), proj.layer_ids, self.init_tokens)
         for i in proj.layer_ids:
             lp = proj.per_layer[str(i)]
-            if lp.rank + self.k >= d:
-                raise ValueError(f"MRP: layer {i} would reach rank {lp.rank + self.k} >= d = {d}: the projection would "
+            if lp.rank + k >= d:
+                raise ValueError(f"MRP: layer {i} would reach rank {lp.rank + k} >= d = {d}: the projection would "
                                  f"remove the whole residual stream; use a smaller method.k")
-            max_rank = max(1, min(int(self.max_retain_rank * d), d - self.k - lp.rank))
-            w0, r = init_directions(forget[i], retain[i], self.k, self.retain_energy, max_rank)
+            max_rank = max(1, min(int(self.max_retain_rank * d), d - k - lp.rank))
+            w0, r = init_directions(forget[i], retain[i], k, self.retain_energy, max_rank)
             lp.start_request(w0)
-            self.init_info[i] = {"retain_rank": r, "forget_tokens": int(forget[i].shape[0]),
-                                 "retain_tokens": int(retain[i].shape[0]), "prior_rank": lp.rank - self.k}
+            self.init_info[i] = {"k": k, "retain_rank": r, "forget_tokens": int(forget[i].shape[0]),
+                                 "retain_tokens": int(retain[i].shape[0]), "prior_rank": lp.rank - k}
         log.info("MRP init: %s", self.init_info)
 
     def prepare(self, model: nn.Module, data: UnlearnData, ctx: UnlearnContext) -> None:
         """Attach the projection (or reuse the one earlier requests left) and start this request's W_t."""
-        self.initialise(model, data, attach_projection(model, self.layers))
+        self.initialise(model, data, attach_projection(model, self.layers), ctx.requests)
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Only this request's W_t: the base weights and earlier requests' directions stay frozen."""

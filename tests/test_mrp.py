@@ -145,3 +145,92 @@ def test_mrp_runs_on_the_shared_loss_method_path(trained_micro, micro_bench, tok
     assert result.steps == min(50, max(1, n // min(4, n))) < 50  # the epochs cap (train_config hook) applies
     assert {n: p.requires_grad for n, p in model.named_parameters() if n in flags} == flags
     assert projection_of(model).current_parameters() == []  # frozen into the directions after the request
+
+
+# ---- rank budget, the random-projection control, the hook controls (issue 14) ----------------
+def test_rank_budget_fits_continual_runs():
+    from bench.method import ModelShape
+    from methods.mrp import check_rank_plan, request_rank
+
+    tiny = ModelShape(hidden_size=128, num_layers=2)
+    assert request_rank(None, 0.25, 128, 1) == 32 and request_rank(None, 0.25, 128, 4) == 8  # the defaults
+    assert request_rank(5, 0.25, 128, 4) == 5  # an explicit k is kept
+    for requests in (1, 4, 8):
+        MRP().check_plan(requests, tiny)  # the default k (null) fits any number of requests up to the budget
+        assert request_rank(None, 0.25, 128, requests) * requests <= 32
+    with pytest.raises(ValueError, match="method.k <="):
+        MRP(k=32).check_plan(4, tiny)
+    with pytest.raises(ValueError, match="rank_budget"):
+        check_rank_plan([0], None, 0.01, 4, ModelShape(hidden_size=32, num_layers=1))
+
+
+def test_default_k_follows_the_requests_of_the_context(trained_micro, micro_bench, tokenizer):
+    model = copy.deepcopy(trained_micro)
+    ctx = UnlearnContext(seed=0, device=torch.device("cpu"), max_steps=1, batch_size=4, check_every=0, requests=2)
+    model, _ = MRP().unlearn(model, _data(micro_bench, tokenizer), ctx)  # micro d = 32: floor(0.25·32 / 2) = 4
+    assert projection_of(model).ranks() == {0: 4}
+
+
+def test_random_projection_has_the_rank_and_keeps_the_weights(trained_micro, micro_bench, tokenizer):
+    from methods.random_projection import RandomProjection
+
+    d = trained_micro.config.hidden_size
+    runs = []
+    for seed in (0, 0, 1):
+        ctx = UnlearnContext(seed=seed, device=torch.device("cpu"), max_steps=50, batch_size=4)
+        model, result = RandomProjection(layers=[0], k=3).unlearn(copy.deepcopy(trained_micro), _data(micro_bench, tokenizer), ctx)
+        runs.append(model)
+    assert result.steps == 0  # nothing is trained
+    proj = projection_of(runs[0])
+    assert proj.ranks() == {0: 3} and proj.request_sizes == [3] and proj.current_parameters() == []
+    p = proj.per_layer["0"].project(torch.eye(d))
+    assert int(torch.linalg.matrix_rank(p)) == d - 3  # exactly k dimensions of d removed
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].parameters(), trained_micro.parameters()))
+    assert not torch.equal(_logits(runs[0]), _logits(trained_micro))
+    d0, d1, d2 = (projection_of(m).per_layer["0"].directions for m in runs)
+    assert torch.equal(d0, d1) and not torch.equal(d0, d2)  # seeded by the run's seed
+    # default k follows MRP's rule (micro d = 32: 8 for one request); a second request appends fresh directions
+    model, _ = RandomProjection().unlearn(copy.deepcopy(trained_micro), _data(micro_bench, tokenizer), _ctx(1))
+    model, _ = RandomProjection().unlearn(model, _data(micro_bench, tokenizer), _ctx(1))
+    dirs = projection_of(model).per_layer["0"].directions
+    assert projection_of(model).request_sizes == [8, 8] and int(torch.linalg.matrix_rank(dirs)) == 16
+
+
+def test_hooks_attach_to_the_oracle_and_come_off(trained_micro, fresh_micro, unlearned_micro):
+    hooks = MRP().hooks(unlearned_micro)
+    assert hooks is not None and MRP().hooks(trained_micro) is None
+    oracle = copy.deepcopy(fresh_micro)
+    hooks.attach(oracle)
+    assert all(torch.equal(a, b) for a, b in zip(oracle.parameters(), fresh_micro.parameters()))  # weights kept
+    assert projection_of(oracle).ranks() == projection_of(unlearned_micro).ranks()
+    assert not torch.equal(_logits(oracle), _logits(fresh_micro))  # the projection acts on it
+    bare = copy.deepcopy(unlearned_micro)
+    hooks.remove(bare)
+    assert torch.equal(_logits(bare), _logits(trained_micro))
+    assert projection_of(unlearned_micro) is not None  # the unlearned model itself keeps its hooks
+
+
+def test_run_evaluates_the_hook_control_stages(tmp_path_factory):
+    from bench.report import build_table, records_frame
+    from bench.run import run
+    from tests.conftest import compose_config
+
+    cache = tmp_path_factory.getbasetemp() / "continual-cache"
+    records = {}
+    for method in ("mrp", "random_projection", "ga"):
+        records[method] = run(compose_config(f"cache_dir={cache}", f"method={method}", "unlearn.max_steps=4", "threads=1",
+                                             "suites=[knowledge]"), tmp_path_factory.mktemp(method), method)
+    value = {m: {(r["stage"], r["split"], r["metric"]): r["value"] for r in rec["rows"]} for m, rec in records.items()}
+    for m in ("mrp", "random_projection"):
+        stages = {k[0] for k in value[m]}
+        assert {"oracle_with_hooks", "unlearned_hooks_removed"} <= stages
+        # The base weights are frozen: without its hooks the unlearned model is the target, row for row.
+        for (stage, split, metric), v in value[m].items():
+            if stage == "target" and split != "forget" or stage == "target" and metric in ("em", "mcq_acc"):
+                assert value[m][("unlearned_hooks_removed", split, metric)] == pytest.approx(v, abs=1e-6)
+    assert not any(k[0].startswith(("oracle_with", "unlearned_hooks")) for k in value["ga"])
+    assert value["random_projection"][("unlearned", "forget", "steps")] == 0
+    table = build_table(records_frame(records.values()))
+    assert {"mrp oracle_with_hooks", "mrp unlearned_hooks_removed", "random_projection oracle_with_hooks"} <= set(table.infos)
+    assert table.infos["mrp oracle_with_hooks"].control and not table.infos["mrp"].control
+    assert not any("*" in str(table.text.loc["mrp oracle_with_hooks", c]) for c in table.text.columns)

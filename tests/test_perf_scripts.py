@@ -6,10 +6,10 @@ from bench.perf import end_token_check, step_cost
 
 
 def test_step_cost_runs(tmp_path, capsys):
-    step_cost.main(["--methods", "graddiff", "npo", "--steps", "1", "--warmup", "0", "--repeats", "1", "--threads", "1",
+    step_cost.main(["--methods", "graddiff", "npo", "ssiuu:penalty_grad=exact", "--steps", "1", "--warmup", "0", "--repeats", "1", "--threads", "1",
                     "+experiment=micro", f"cache_dir={tmp_path}"])
     out = capsys.readouterr().out
-    assert "graddiff" in out and "npo" in out and "ratio" in out
+    assert "graddiff" in out and "npo" in out and "ssiuu:penalty_grad=exact" in out and "ratio" in out
 
 
 def test_end_token_check_runs(tmp_path, capsys):
@@ -25,3 +25,11 @@ def test_peak_memory_runs(tmp_path, capsys):
     peak_memory.main(["--methods", "graddiff", "npo", "--steps", "1", "+experiment=micro", f"cache_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert "graddiff" in out and "npo" in out and "growth" in out
+
+
+def test_ssiuu_penalty_runs(tmp_path, capsys):
+    from bench.perf import ssiuu_penalty
+
+    ssiuu_penalty.main(["--steps", "2", "--threads", "1", "+experiment=micro", f"cache_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "ssiuu:penalty_grad=exact" in out and "|grad R|/lam" in out

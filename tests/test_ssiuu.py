@@ -1,9 +1,11 @@
-"""Ssiuu (methods/ssiuu.py): penalty at the first step, the extra gradient, λ = 0, base choice."""
+"""Ssiuu (methods/ssiuu.py): penalty at the first step, the extra gradient (surrogate and exact) on the batch
+and on the whole forget set, λ = 0, base choice."""
 
 import copy
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.data import BatchStream, pad_id, qa_examples
 from bench.method import UnlearnBatch, UnlearnContext, UnlearnData
@@ -36,7 +38,7 @@ def _backward(method, model, batch):
 
 def test_penalty_is_zero_at_first_step(trained_micro, batches):
     model = copy.deepcopy(trained_micro).train()
-    ss = Ssiuu(lam=10.0)
+    ss = Ssiuu(lam=10.0, attribution_set="batch")
     got = _backward(ss, model, batches[0])
     want = _backward(GradDiff(alpha=1.0), model, batches[0])
     assert ss.penalties == [0.0]
@@ -47,7 +49,7 @@ def test_penalty_is_zero_at_first_step(trained_micro, batches):
 def test_extra_gradient_equals_autograd_on_surrogate(trained_micro, batches):
     lam = 0.7
     model = copy.deepcopy(trained_micro).train()
-    ss = Ssiuu(lam=lam)
+    ss = Ssiuu(lam=lam, attribution_set="batch")
     _backward(ss, model, batches[0])  # step 1 stores A_1
     with torch.no_grad():  # move φ so that A_2 differs from A_1 beyond the batch change
         for p in model.parameters():
@@ -93,7 +95,8 @@ def test_npo_base_uses_npo_loss(trained_micro, micro_bench, tokenizer, batches):
         assert ss.loss(trained_micro, batches[0]).item() == pytest.approx(npo.loss(trained_micro, batches[0]).item())
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"lam": -1.0}, "lam"), ({"base": "ga"}, "base"), ({"alpha": -1.0}, "alpha"),
+@pytest.mark.parametrize("kwargs,needle", [({"lam": -1.0}, "lam"), ({"attribution_set": "all"}, "attribution_set"),
+                                           ({"penalty_grad": "hessian"}, "penalty_grad"), ({"attribution_max": 0}, "attribution_max"), ({"base": "ga"}, "base"), ({"alpha": -1.0}, "alpha"),
                                            ({"base": "npo", "beta": 0.0}, "beta"), ({"lr": 0.0}, "lr")])
 def test_invalid_hyperparameters_raise(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -103,3 +106,83 @@ def test_invalid_hyperparameters_raise(kwargs, needle):
 def test_config_instantiates():
     method = instantiate_method(compose_config("method=ssiuu", "method.lam=0.5", "method.base=npo"))
     assert isinstance(method, Ssiuu) and method.lam == 0.5 and method.base == "npo"
+
+
+def _prepared(ss, model, micro_bench, tokenizer, seed=0):
+    data = UnlearnData(micro_bench, tokenizer, micro_bench.split("forget"), micro_bench.split("retain"))
+    ss.prepare(model, data, UnlearnContext(seed=seed, device=torch.device("cpu"), max_steps=1, batch_size=4))
+    return data
+
+
+def _penalty_autograd(model, attribution_batches, a_prev, lam):
+    """R = λ·Σ_{A_t<0} (A_prev − φ⊙g(φ))² with g = ∂ΣP/∂φ kept differentiable, and its autograd gradient."""
+    params = list(model.parameters())
+    g = None
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels have no double backward
+        for b in attribution_batches:
+            gb = torch.autograd.grad(sequence_logprob(model, b)[0].exp().sum(), params, create_graph=True)
+            g = list(gb) if g is None else [x + y for x, y in zip(g, gb)]
+        attr = [p * gi for p, gi in zip(params, g)]
+        r = lam * sum(((ap - a)[a.detach() < 0] ** 2).sum() for a, ap in zip(attr, a_prev))
+        return torch.autograd.grad(r, params), g
+
+
+def _second_step(ss, model, batches):
+    """Step 1 stores A_1; φ moves; the extra gradient of step 2 alone (no base gradient) is returned."""
+    _backward(ss, model, batches[0])
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 1e-2 * p.grad
+    a_prev = [a.clone() for a in ss._prev]
+    model.zero_grad(set_to_none=True)
+    ss.after_backward(model, batches[1])
+    return _grads(model), a_prev
+
+
+@pytest.mark.parametrize("attribution_set", ["batch", "forget"])
+def test_exact_penalty_gradient_equals_autograd_of_r(trained_micro, micro_bench, tokenizer, batches, attribution_set):
+    lam = 0.7
+    model = copy.deepcopy(trained_micro).train()
+    ss = Ssiuu(lam=lam, attribution_set=attribution_set, penalty_grad="exact")
+    _prepared(ss, model, micro_bench, tokenizer)
+    got, a_prev = _second_step(ss, model, batches)
+    assert ss.penalties[-1] > 0
+    want, g = _penalty_autograd(model, ss.attribution_batches(batches[1]), a_prev, lam)
+    scale = max(float(w.abs().max()) for w in want)
+    for got_p, want_p in zip(got, want):  # float32 summation order differs (two passes vs one graph)
+        torch.testing.assert_close(got_p, want_p, rtol=1e-3, atol=1e-5 * scale)
+    # The Hessian term matters: the surrogate's gradient (g held constant) is not the exact one.
+    surrogate = [2 * lam * torch.where(a < 0, a - ap, torch.zeros_like(a)) * gi.detach()
+                 for a, ap, gi in zip([p.detach() * gi.detach() for p, gi in zip(model.parameters(), g)], a_prev, g)]
+    gap = sum(float((w - s).abs().sum()) for w, s in zip(want, surrogate))
+    assert gap > 1e-3 * sum(float(w.abs().sum()) for w in want)
+
+
+def test_forget_set_attribution_uses_the_same_items_every_step(trained_micro, micro_bench, tokenizer, batches):
+    """attribution_set=forget: A_t covers the whole forget set, whatever the step's batch; the penalty
+    is then 0 when φ does not move, while the batch reading still sees the batch change."""
+    model = copy.deepcopy(trained_micro).train()
+    ss = Ssiuu(lam=1.0, attribution_set="forget")
+    _prepared(ss, model, micro_bench, tokenizer)
+    n_examples = sum(b.input_ids.shape[0] for b in ss._attribution_batches)
+    assert n_examples == len(qa_examples(tokenizer, micro_bench, micro_bench.split("forget")))
+    for b in batches:
+        model.zero_grad(set_to_none=True)
+        ss.after_backward(model, b)
+    assert ss.penalties == [0.0, 0.0]  # same φ, same items: A_2 = A_1 exactly
+    by_batch = Ssiuu(lam=1.0, attribution_set="batch")
+    for b in batches:
+        model.zero_grad(set_to_none=True)
+        by_batch.after_backward(model, b)
+    assert by_batch.penalties[1] > 0  # same φ, different items: batch-to-batch noise
+
+
+def test_forget_set_budget_draws_a_fixed_seeded_subset(trained_micro, micro_bench, tokenizer):
+    n = len(qa_examples(tokenizer, micro_bench, micro_bench.split("forget")))
+    subsets = []
+    for seed in (0, 0, 1):
+        ss = Ssiuu(attribution_max=n - 3)
+        _prepared(ss, trained_micro, micro_bench, tokenizer, seed=seed)
+        subsets.append(torch.cat([b.input_ids.flatten() for b in ss._attribution_batches]))
+    assert sum(b.input_ids.shape[0] for b in ss._attribution_batches) == n - 3
+    assert torch.equal(subsets[0], subsets[1]) and not torch.equal(subsets[0], subsets[2])

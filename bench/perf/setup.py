@@ -41,11 +41,18 @@ def all_methods(first: str = "graddiff") -> list[str]:
     return [first, *sorted(p.stem for p in (CONF / "method").glob("*.yaml") if p.stem != first)]
 
 
+def method_overrides(spec: str) -> list[str]:
+    """``name`` or ``name:key=value,key=value`` (a variant: ``ssiuu:penalty_grad=exact``) as Hydra overrides."""
+    name, _, keys = spec.partition(":")
+    return [f"method={name}", *(f"method.{kv}" for kv in keys.split(",") if kv)]
+
+
 def load(methods: list[str], overrides: list[str], threads: int | None = None) -> PerfSetup:
+    """Run configs per method spec (see ``method_overrides``), the benchmark, model spec, tokenizer, device."""
     if threads:
         torch.set_num_threads(threads)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfgs = {m: compose("config", overrides=[f"method={m}", *overrides]) for m in methods}
+        cfgs = {m: compose("config", overrides=[*method_overrides(m), *overrides]) for m in methods}
     cfg = cfgs[methods[0]]
     spec = resolve(cfg.model)
     source = pretrained_source(spec, cfg.cache_dir)

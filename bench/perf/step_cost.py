@@ -7,6 +7,9 @@ Any Hydra override of the run config can follow (``model.arch.hidden_size=256``,
 timings depend on the machine and on whatever else runs on it.
 
     python -m bench.perf.step_cost --steps 20 --repeats 3 --threads 1 --methods graddiff ssiuu
+    python -m bench.perf.step_cost --methods graddiff ssiuu:attribution_set=batch ssiuu:penalty_grad=exact
+
+A method may carry ``:key=value,...`` (method keys): variants of one method side by side.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from bench.perf.setup import all_methods, load
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=None,
-                    help="conf/method names; the first is the baseline (default: graddiff, then every other conf/method/*.yaml)")
+                    help="conf/method names, optionally name:key=value,... (method keys); the first is the baseline "
+                         "(default: graddiff, then every other conf/method/*.yaml)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per run (not counted)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -62,10 +66,11 @@ def main(argv: list[str] | None = None) -> None:
             per_step[name].append((walls[1] - walls[0]) / args.steps)
 
     base = statistics.median(per_step[args.methods[0]])
-    print(f"{'method':<12} {'ms/step (median)':>17} {'min':>8} {'max':>8} {'ratio':>7}")
+    width = max(12, *(len(m) for m in per_step))
+    print(f"{'method':<{width}} {'ms/step (median)':>17} {'min':>8} {'max':>8} {'ratio':>7}")
     for name, values in per_step.items():
         med = statistics.median(values)
-        print(f"{name:<12} {1e3 * med:>17.1f} {1e3 * min(values):>8.1f} {1e3 * max(values):>8.1f} {med / base:>7.2f}")
+        print(f"{name:<{width}} {1e3 * med:>17.1f} {1e3 * min(values):>8.1f} {1e3 * max(values):>8.1f} {med / base:>7.2f}")
 
 
 if __name__ == "__main__":
