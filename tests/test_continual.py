@@ -62,7 +62,7 @@ def test_mrp_defaults_run_four_requests(tmp_path_factory):
 def test_relearn_runs_after_each_request_on_the_people_forgotten_so_far(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "continual-cache"
     attack = ("attack=[harmful]", "attack.harmful.fractions=[0.3]", "attack.harmful.lrs=[1e-3]", "attack.harmful.steps=2",
-              "attack.harmful.eval_steps=[0,2]")
+              "attack.harmful.eval_steps=[0,2]", "attack.harmful.repeats=1")
     record = run(compose_config(f"cache_dir={cache}", "method=ga", "continual.requests=2", "unlearn.max_steps=2", "threads=1",
                                 "continual.suites=[knowledge,relearn]", *attack, *WORLD_4),
                  tmp_path_factory.mktemp("relearn-continual"), "ga")

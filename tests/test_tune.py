@@ -24,6 +24,9 @@ from methods.npo import NPO
 @pytest.mark.parametrize("path", sorted((CONF / "method").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_method_declares_a_valid_search_space_with_an_lr_grid(path):
     block, raw = tune.split_tune(yaml.safe_load(path.read_text()))
+    if "lr" not in tune.hyperparameters(method_class(block)):  # a control that trains nothing (random_projection)
+        assert raw is None, f"{path.stem} has no lr and nothing to tune"
+        return
     space = tune.parse_space(method_class(block), block, raw)
     assert "lr" in space and len(space["lr"]) >= 2, path.stem
     assert block.get("lr") in space["lr"], f"{path.stem}: the YAML's own lr is not in its grid"
@@ -121,6 +124,17 @@ def test_tuned_values_reach_the_run_and_its_record_identity(tmp_path):
     assert r.tuning["seeds"] == [1000] and r.tuning["values"] == {"lr": 3e-4}
     plain = Run(compose_config(f"cache_dir={tmp_path}", "method.lr=3e-4"), tmp_path / "run", "ga")
     assert plain.cfg_hash != r.cfg_hash
+
+
+def test_a_method_without_a_tune_block_runs_its_yaml_under_a_tuned_file(tmp_path):
+    """random_projection trains nothing: a tuned file without it still lets the paper preset run it, as its YAML."""
+    path = _tuned_file(tmp_path, {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}})
+    r = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=random_projection"), tmp_path / "run",
+            "random_projection")
+    assert r.tuning["values"] == {} and "no tune: block" in r.tuning["note"]
+    with pytest.raises(UserError, match="tuning seeds"):  # the seed rule still holds
+        Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=random_projection", "seed=1000"),
+            tmp_path / "run", "random_projection")
 
 
 @pytest.mark.parametrize("case,needles", [
