@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import AutoConfig, LlamaConfig
 
-from bench import stages
+from bench import distributed, stages
 from bench.benchmark import Benchmark, QAItem
 from bench.continual import evaluate_request, split_requests
 from bench.data import check_lengths
@@ -176,6 +176,11 @@ class Run:
                               f"{did_you_mean(unknown[0], available_suites())}available suites: {available_suites()}")
         self.model_spec = check_model_block(s.model)
         validate_model_spec(self.model_spec)
+        self.world = distributed.world()
+        problem = distributed.check_plan(self.world, resolve_device(self.model_spec.get("device", "auto")),
+                                         s.unlearn.batch_size, self.method, method_name)
+        if problem:
+            raise ConfigError(problem)
         if not (self.model_spec.get("pretrained") or self.model_spec.get("gguf")):  # a fresh model: shape known now
             try:
                 arch = LlamaConfig(**self.model_spec["arch"])
@@ -197,13 +202,18 @@ class Run:
 
     # -- phases -------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        """Run every phase and write the record; a complete record of this config and code is returned as is."""
-        existing = read_record(self.run_dir)
+        """Run every phase and write the record; a complete record of this config and code is returned as is.
+
+        Several processes (``bench.distributed``): every rank unlearns (sharded); rank 0 alone evaluates
+        and writes, into its run folder; the others return None."""
+        distributed.init(resolve_device(self.model_spec.get("device", "auto")))
+        self.run_dir = Path(distributed.broadcast(str(self.run_dir)))  # Hydra may stamp each rank's folder apart
+        existing = distributed.broadcast(read_record(self.run_dir))
         if existing is not None and same_identity(existing, self.cfg_hash, self.code):
             log.info("record in %s is complete for this config and code version: skipped", self.run_dir)
-            return existing
+            return existing if self.world.is_main else None
         self.prepare()
-        if existing is not None:  # nothing moves before every check has passed
+        if existing is not None and self.world.is_main:  # nothing moves before every check has passed
             log.warning("record in %s has another config or code version: moved to %s", self.run_dir, move_aside(self.run_dir))
         t0 = time.perf_counter()
         self.load_models()
@@ -217,7 +227,9 @@ class Run:
         else:
             self.evaluate(outcome.model, stages.UNLEARNED)
         self.timings["total"] = round(time.perf_counter() - t0, 3)
-        return self.write(outcome)
+        record = self.write(outcome) if self.world.is_main else None
+        distributed.barrier()  # the next run of a sweep starts together on every rank
+        return record
 
     def prepare(self) -> None:
         """Cheap setup that still can reject the config: threads, base-model source, tokenizer, sequence lengths."""
@@ -246,15 +258,24 @@ class Run:
         if not self.model_spec.get("pretrained") and arch.get("max_position_embeddings"):
             # A model built from `arch` has a known position range: check every sequence against it now.
             check_lengths(self.tokenizer, self.bench, int(arch["max_position_embeddings"]))
-        self.device = resolve_device(self.model_spec.get("device", "auto"))
+        self.device = distributed.rank_device(resolve_device(self.model_spec.get("device", "auto")))
 
     def load_models(self) -> None:
         start = time.perf_counter()
         s = self.settings
-        self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
-                                                     s.seed, self.source)
-        self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
-                                                     s.seed, self.source)
+
+        def obtain() -> None:
+            self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer,
+                                                         s.cache_dir, s.seed, self.source)
+            self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer,
+                                                         s.cache_dir, s.seed, self.source)
+
+        # Several processes: rank 0 trains what the cache lacks, the others then read the cache.
+        if self.world.is_main:
+            obtain()
+        distributed.barrier()
+        if not self.world.is_main:
+            obtain()
         self.clock("models", start)
         self.ctx = SuiteContext(bench=self.bench, tokenizer=self.tokenizer, oracle=self.oracle, target=self.target,
                                 settings=self.suite_settings, cache_dir=str(s.cache_dir), oracle_key=self.oracle_info["key"])
@@ -264,6 +285,8 @@ class Run:
                          if s.reuse_stages else None)
 
     def evaluate(self, model: torch.nn.Module, stage: str) -> None:
+        if not self.world.is_main:  # rank 0 evaluates (and writes the stage cache) for the whole run
+            return
         start = time.perf_counter()
 
         out, reused = cached_stage(stage, self.identity, self.settings.cache_dir, self.ctx,
@@ -346,11 +369,12 @@ class Run:
             if out.result.diverged:
                 log.error("request %d diverged at step %d: later requests are not run", i, out.result.steps)
                 break
-            start = time.perf_counter()
-            out = evaluate_request(model, stage, done, self.request_suites, self.ctx)
-            self.rows.extend(out.rows)
-            self.examples.extend(out.examples)
-            self.clock(stage, start)
+            if self.world.is_main:  # evaluation is rank 0's (bench.distributed)
+                start = time.perf_counter()
+                out = evaluate_request(model, stage, done, self.request_suites, self.ctx)
+                self.rows.extend(out.rows)
+                self.examples.extend(out.examples)
+                self.clock(stage, start)
         targets = [r["stop_target"] for r in log_]
         return Outcome(model, total, trace, targets[0] if len(set(targets)) == 1 else None, reached_all, log_)
 
@@ -363,6 +387,7 @@ class Run:
             "code_version": self.code,
             "config": self.resolved,
             "provenance": {**provenance(self.settings.seed, str(self.device)), "wall_s": self.timings,
+                           "processes": self.world.size,
                            "models": {stages.TARGET: self.target_info, stages.ORACLE: self.oracle_info},
                            "reused_stages": self.reused_stages},
             "unlearn": {"steps": result.steps, "diverged": result.diverged, "stop_rule": self.stop.rule,
@@ -392,6 +417,8 @@ def main(cfg: DictConfig) -> None:
         record = run(cfg, hc.runtime.output_dir, hc.runtime.choices.get("method", "?"))
     except UserError as err:
         exit_with(err, "bench.run")
+    if record is None:  # a rank other than 0 of a multi-process run: rank 0 prints
+        return
     from bench.report import summary_table
 
     print(summary_table(record))
@@ -429,4 +456,7 @@ if __name__ == "__main__":
         check_group_choices(sys.argv[1:])
     except UserError as err:
         exit_with(err, "bench.run")
+    if distributed.world().rank > 0:  # rank 0 alone writes the run folder (Hydra's config copy and log included)
+        sys.argv += [o for o in ("hydra.output_subdir=null", "hydra/job_logging=stdout")
+                     if not any(a.startswith(o.split("=")[0] + "=") for a in sys.argv)]
     main()

@@ -26,7 +26,7 @@ answer as the scorer sees it), and P vanishes for long answers (keep them short)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -51,6 +51,7 @@ class Ssiuu(LossMethod):
     base: the base loss, ``graddiff`` (the paper's, default) or ``npo``. alpha: retain weight of
     the base loss. beta: NPO's inverse temperature (used only with base=npo).
     """
+    unshardable_reason: ClassVar[str] = "its gradient edit (after_backward) needs whole gradients, a rank holds a shard"
 
     lr: float = 1e-4
     lam: float = 1.0
