@@ -195,7 +195,7 @@ def train_loop(
             batch = next(stream)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(batch) if loss_and_grad is None else loss_and_grad(batch).detach()
-            if not torch.isfinite(agreed(loss)):
+            if not torch.isfinite(agreed(loss.detach())):
                 result.diverged = True
                 result.losses.append(float(loss.detach()))
                 break
@@ -208,7 +208,7 @@ def train_loop(
             opt.step()
             sched.step()
             result.steps = step
-            result.losses.append(float(agreed(loss)))
+            result.losses.append(float(agreed(loss.detach())))
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
             if step in checkpoints:
