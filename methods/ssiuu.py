@@ -89,7 +89,8 @@ class Ssiuu(LossMethod):
         logp, _ = sequence_logprob(model, batch.forget)
         grads = torch.autograd.grad(logp.exp().sum(), params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
-        return params, grads, [p.detach() * g for p, g in zip(params, grads)]
+        # fp32 attributions whatever the weights' dtype: the penalty differences A_t − A_{t−1} vanish in bf16.
+        return params, grads, [p.detach().float() * g.float() for p, g in zip(params, grads)]
 
     def after_backward(self, model, batch):
         """Add λ·∂R_t/∂φ ≈ 2λ(A_t − A_{t−1})⊙g on M_t = {A_t < 0} to the base loss's gradient."""
@@ -101,7 +102,7 @@ class Ssiuu(LossMethod):
                 diff = torch.where(mask, a - a_prev, torch.zeros_like(a))
                 penalty += float(diff.pow(2).sum())
                 if self.lam:
-                    extra = (2.0 * self.lam) * diff * g
+                    extra = ((2.0 * self.lam) * diff * g).to(p.dtype)
                     p.grad = extra if p.grad is None else p.grad.add_(extra)
         self.penalties.append(penalty)
         self._prev = attr
