@@ -65,10 +65,11 @@ def world() -> World:
     if "RANK" in env and "WORLD_SIZE" in env:
         size = int(env["WORLD_SIZE"])
         return World(int(env["RANK"]), size, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", size)))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env and "SLURM_JOB_ID" in env:
-        size = int(env["SLURM_NTASKS"])
-        return World(int(env["SLURM_PROCID"]), size, int(env.get("SLURM_LOCALID", 0)),
-                     int(env.get("SLURM_NTASKS_PER_NODE", size).split("(")[0]))
+    # SLURM_STEP_*: set by srun for the tasks it started (a batch script's own shell is no rank of a run).
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        size = int(env["SLURM_STEP_NUM_TASKS"])
+        per_node = env.get("SLURM_STEP_TASKS_PER_NODE", str(size)).split("(")[0].split(",")[0]  # e.g. "4(x2)"
+        return World(int(env["SLURM_PROCID"]), size, int(env.get("SLURM_LOCALID", 0)), int(per_node))
     return World()
 
 

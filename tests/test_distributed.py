@@ -137,3 +137,21 @@ def test_scoring_batches_shrink_when_the_device_runs_out_of_memory(trained_micro
     assert too_big[0] == 64 and too_big == sorted(too_big, reverse=True) and seen[-1] <= 20
     assert got.exact.tolist() == expected.exact.tolist()
     assert got.sum_logprob == pytest.approx(expected.sum_logprob, abs=1e-5)
+
+
+def test_world_from_torchrun_and_from_srun(monkeypatch):
+    from bench.distributed import World, world
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID",
+                "SLURM_LOCALID", "SLURM_STEP_TASKS_PER_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    assert world() == World() and not world().multi
+    monkeypatch.setenv("SLURM_PROCID", "0")  # a batch script's shell: no step of several tasks, one process
+    assert world() == World()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "4(x2)")
+    assert world() == World(rank=5, size=8, local_rank=1, local_size=4)
+    _as_rank(monkeypatch, rank=1, size=2)  # torchrun's variables win
+    assert world() == World(rank=1, size=2, local_rank=1, local_size=2)
