@@ -49,7 +49,7 @@ def runtime_settings(model: torch.nn.Module, spec: dict[str, Any]) -> torch.nn.M
     """Apply the run-time model settings: gradient checkpointing (recompute each block's activations in
     backward instead of keeping them: less memory, about a third more compute; same numbers)."""
     if spec.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
