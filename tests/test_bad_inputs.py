@@ -56,7 +56,7 @@ BAD = [
     (["+model.injet.lr=1"], ["model.injet", "did you mean 'inject'"]),
     (["model.dtype=float33"], ["model.dtype", "fp32, bf16, fp16"]),
     (["model.dtype=fp16", "model.device=cpu"], ["model.dtype=fp16", "CPU", "bf16 or fp32"]),
-    (["+model.gradient_checkpointing=yes"], ["model.gradient_checkpointing", "true or false"]),
+    (["model.gradient_checkpointing=yes"], ["model.gradient_checkpointing", "true or false"]),
     (["model.inject.batch_size=0"], ["model.inject", "batch_size must be >= 1"]),
     (["+model.arch.vocab_size=300"], ["model.arch.vocab_size", "set by the harness"]),
     (["+model.arch.head_dim=33"], ["model.arch.head_dim=33", "odd"]),
