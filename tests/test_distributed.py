@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.errors import ConfigError, UserError
 from bench.record import RECORD
@@ -51,13 +52,28 @@ def _rows(record: dict) -> dict[tuple, float]:
 
 
 def test_two_processes_give_the_one_process_record(tmp_path):
-    methods = "method=ga,npo"  # a sweep: runs of a multi-process sweep stay in step
-    one = _launch(tmp_path, "one", 1, methods)
-    two = _launch(tmp_path, "two", 2, methods)
-    assert two.stdout.count("| npo") == one.stdout.count("| npo"), "rank 0 alone prints the tables"
+    _compare(tmp_path, ["ga", "npo"])  # a sweep: runs of a multi-process sweep stay in step
+
+
+@pytest.mark.slow  # ~1-2 min: every other method marked shardable
+def test_every_shardable_method_gives_the_one_process_record(tmp_path):
+    from bench.run import method_class
+    from tests.conftest import CONF
+
+    shardable = sorted(p.stem for p in (CONF / "method").glob("*.yaml")
+                       if method_class(yaml.safe_load(p.read_text())).shardable)
+    assert {"ga", "npo", "graddiff"} <= set(shardable)
+    _compare(tmp_path, [m for m in shardable if m not in ("ga", "npo")])
+
+
+def _compare(tmp_path: Path, methods: list[str]) -> None:
+    sweep = "method=" + ",".join(methods)
+    one = _launch(tmp_path, "one", 1, sweep)
+    two = _launch(tmp_path, "two", 2, sweep)
+    assert two.stdout.count(f"| {methods[-1]}") == one.stdout.count(f"| {methods[-1]}"), "rank 0 alone prints the tables"
     one_dirs, two_dirs = _run_dirs(tmp_path / "one"), _run_dirs(tmp_path / "two")
-    assert sorted(one_dirs) == sorted(two_dirs) == ["ga", "npo"]
-    for method in ("ga", "npo"):
+    assert sorted(one_dirs) == sorted(two_dirs) == sorted(methods)
+    for method in methods:
         one_dir, two_dir = one_dirs[method], two_dirs[method]
         a, b = json.loads((one_dir / RECORD).read_text()), json.loads((two_dir / RECORD).read_text())
         assert a["provenance"]["processes"] == 1 and b["provenance"]["processes"] == 2
