@@ -24,9 +24,10 @@ ARGS = ["+experiment=micro", "suites=[knowledge]", "model.inject.lr=1e-2", "mode
         "unlearn.max_steps=12", "unlearn.check_every=3", "method.lr=2e-3", "threads=1"]
 # Tolerances, stated: gradients are averaged over the ranks' halves of each batch (with equal answer-token
 # counts per row, as in the synthetic world, the same mean as one process's), so values differ only by float
-# summation order: losses by < 1e-4 relative, every row value by < 1e-4 absolute (one forced-choice flip
-# would move a score by 1/n >= 0.01, so this also means the same verdicts), steps and stopping exactly.
-LOSS_RTOL, ROW_ATOL = 1e-4, 1e-4
+# summation order: losses by < 1e-4 relative or 1e-5 absolute (GradDiff's loss crosses 0), every row value by
+# < 1e-4 absolute (one forced-choice flip would move a score by 1/n >= 0.01, so this also means the same
+# verdicts), steps and stopping exactly. Measured: losses within 8e-5 relative, unlearned rows within 1e-6.
+LOSS_RTOL, LOSS_ATOL, ROW_ATOL = 1e-4, 1e-5, 1e-4
 TIMING_METRICS = {"wall_s"}
 
 
@@ -79,7 +80,7 @@ def _compare(tmp_path: Path, methods: list[str]) -> None:
         assert a["provenance"]["processes"] == 1 and b["provenance"]["processes"] == 2
         assert b["unlearn"]["steps"] == a["unlearn"]["steps"] and b["unlearn"]["reached_target"] == a["unlearn"]["reached_target"]
         assert len(a["unlearn"]["losses"]) > 1 and len({round(x, 3) for x in a["unlearn"]["losses"]}) > 1, "unlearning moved"
-        assert b["unlearn"]["losses"] == pytest.approx(a["unlearn"]["losses"], rel=LOSS_RTOL)
+        assert b["unlearn"]["losses"] == pytest.approx(a["unlearn"]["losses"], rel=LOSS_RTOL, abs=LOSS_ATOL)
         assert [t["forget_mcq_acc"] for t in b["unlearn"]["stop_trace"]] == [t["forget_mcq_acc"] for t in a["unlearn"]["stop_trace"]]
         ra, rb = _rows(a), _rows(b)
         assert ra.keys() == rb.keys()
