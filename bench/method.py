@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Protocol, Sequence
+from typing import Callable, ClassVar, Iterator, Literal, Protocol, Sequence
 
 import torch
 
+from bench import distributed
 from bench.benchmark import Benchmark, QAItem
 from bench.data import Batch, BatchStream, pad_id, qa_examples
 from bench.train import TrainConfig, TrainResult, train_loop
@@ -91,7 +92,14 @@ class Hooks(Protocol):
 
 
 class Method(ABC):
-    """Anything that turns a trained model into an unlearned one."""
+    """Anything that turns a trained model into an unlearned one.
+
+    ``shardable``: verified to give the one-process result when ``bench.run`` runs across several
+    processes (``bench.distributed``; tests/test_distributed.py compares the records). A method
+    that is not is rejected before compute in a multi-process run, with ``unshardable_reason``."""
+
+    shardable: ClassVar[bool] = False
+    unshardable_reason: ClassVar[str] = "not verified under sharding"
 
     def hooks(self, model: torch.nn.Module) -> Hooks | None:
         """The hooks this method left on ``model`` (its unlearned model), or None: a method that only
@@ -114,8 +122,8 @@ def paired_batches(data: UnlearnData, ctx: UnlearnContext) -> Iterator[UnlearnBa
     pad = pad_id(data.tokenizer)
     forget = BatchStream(data.examples("forget"), ctx.batch_size, pad, seed=ctx.seed)
     retain = BatchStream(data.examples("retain"), ctx.batch_size, pad, seed=ctx.seed + 1)
-    for f, r in zip(forget, retain):
-        yield UnlearnBatch(f.to(ctx.device), r.to(ctx.device))
+    for f, r in zip(forget, retain):  # several processes: each trains on its rows of the global batch
+        yield UnlearnBatch(distributed.shard_rows(f).to(ctx.device), distributed.shard_rows(r).to(ctx.device))
 
 
 @dataclass
@@ -168,6 +176,15 @@ class LossMethod(Method):
     def unlearn(self, model, data, ctx):
         wrapped = self.prepare(model, data, ctx)
         model = model if wrapped is None else wrapped
+        if distributed.initialized():  # prepare ran on the full model; a sharded copy trains, then is gathered back
+            sharded = distributed.sharded_copy(model)
+            trained, result = self.train_prepared(sharded, data, ctx)
+            distributed.copy_back(trained, model)
+            return model, result
+        return self.train_prepared(model, data, ctx)
+
+    def train_prepared(self, model, data, ctx):
+        """The shared loop on ``model`` (after ``prepare``), with ``trainable_parameters`` only."""
         params = self.trainable_parameters(model)
         flags = {p: p.requires_grad for p in model.parameters()}
         if params is not None:

@@ -37,6 +37,22 @@ log = logging.getLogger(__name__)
 ROLES = {"target": ("forget", "retain", "general"), "oracle": ("retain", "general")}
 
 
+# model.dtype names: short forms and torch's own. Numerics that need fp32 upcast whatever the weights
+# (answer log-probs, hence NPO's references and every score: bench.distributions.answer_logits).
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
+          "float16": "float16"}
+# Model keys that change how a model runs, never its weights: left out of the model cache key.
+RUNTIME_KEYS = ("gradient_checkpointing",)
+
+
+def runtime_settings(model: torch.nn.Module, spec: dict[str, Any]) -> torch.nn.Module:
+    """Apply the run-time model settings: gradient checkpointing (recompute each block's activations in
+    backward instead of keeping them: less memory, about a third more compute; same numbers)."""
+    if spec.get("gradient_checkpointing"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):  # null: the default, auto
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,10 +64,19 @@ class ModelConfigError(UserError):
 
 
 def validate_model_spec(spec: dict[str, Any]) -> None:
-    """Checks before compute: dtype, flags, and that a GGUF model's wheel is installed."""
+    """Checks before compute: dtype (and that the device computes in it), flags, and that a GGUF model's wheel is installed."""
     dtype = spec.get("dtype", "float32")
-    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
-        raise ModelConfigError(f"model.dtype must be a torch dtype name (float32, bfloat16, float16), got {dtype!r}")
+    if dtype not in DTYPES.values():
+        raise ModelConfigError(f"model.dtype must be one of fp32, bf16, fp16 (or float32, bfloat16, float16), got {dtype!r}")
+    device = resolve_device(spec.get("device", "auto"))
+    if dtype == "float16" and device.type == "cpu":
+        raise ModelConfigError("model.dtype=fp16 is not supported on the CPU (half-precision matmuls are missing or "
+                               "emulated); use model.dtype=bf16 or fp32 there, fp16 on a GPU")
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ModelConfigError(f"model.dtype=bf16 is not supported by {torch.cuda.get_device_name(device)} "
+                               "(compute capability < 8.0); use model.dtype=fp16 or fp32")
+    if not isinstance(spec.get("gradient_checkpointing", False), bool):
+        raise ModelConfigError(f"model.gradient_checkpointing must be true or false, got {spec['gradient_checkpointing']!r}")
     if spec.get("chat_template", "auto") not in ("auto", True, False):
         raise ModelConfigError(f"model.chat_template must be auto, true or false, got {spec['chat_template']!r}")
     for key in ("trust_remote_code",):
@@ -229,7 +254,7 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
     """
     payload = {
         "role": role,
-        "model": spec,
+        "model": {k: v for k, v in spec.items() if k not in RUNTIME_KEYS},
         **({"base": Path(source).name} if source and source != spec.get("pretrained") else {}),
         "inject": asdict(inject),
         "seed": seed,
@@ -263,7 +288,7 @@ def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, c
 
     def train(tmp: Path) -> None:
         start = time.perf_counter()
-        model = build_base_model(spec, tokenizer, seed, source).to(device)
+        model = runtime_settings(build_base_model(spec, tokenizer, seed, source).to(device), spec)
         summary = inject_knowledge(model, bench, tokenizer, role, inject) if inject.max_steps > 0 else {"steps": 0, "wall_s": 0.0}
         model.save_pretrained(tmp / "model")
         meta = {"role": role, "inject": summary, "build_s": time.perf_counter() - start}
@@ -274,7 +299,7 @@ def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, c
     final, reused = disk_cache.directory(Path(cache_dir) / "models" / f"{role}-{key}", train, marker="meta.json")
     if reused:
         meta = json.loads((final / "meta.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(final / "model", dtype=dtype).to(device).eval()
+        model = runtime_settings(AutoModelForCausalLM.from_pretrained(final / "model", dtype=dtype).to(device), spec).eval()
         log.info("%s model: reused cache %s (trained %.1fs, %d steps)", role, final, meta["inject"]["wall_s"], meta["inject"]["steps"])
         return model, {"key": key, "path": str(final), "reused": True, **meta}
     meta, summary = built["meta"], built["meta"]["inject"]

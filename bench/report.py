@@ -767,6 +767,10 @@ class ReportCallback(Callback):
         self._started = time.time()
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from bench import distributed
+
+        if not distributed.world().is_main:  # a multi-process sweep: rank 0 writes the tables
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         records = find_records([sweep_dir]) if sweep_dir.exists() else []
         skipped = sum(p.stat().st_mtime < getattr(self, "_started", 0.0) for p in records)

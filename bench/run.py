@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import AutoConfig, LlamaConfig
 
-from bench import stages
+from bench import distributed, stages
 from bench.benchmark import Benchmark, QAItem
 from bench.continual import check_request_suites, evaluate_request, split_requests
 from bench.data import check_lengths
@@ -199,6 +199,11 @@ class Run:
         if not self.inject and s.unlearn.stop_at == "oracle":
             raise ConfigError("unlearn.stop_at=oracle needs an oracle, and model.inject=null has none (nothing was "
                               "withheld from a pretrained model); use unlearn.stop_at=auto, chance or a number")
+        self.world = distributed.world()
+        problem = distributed.check_plan(self.world, resolve_device(self.model_spec.get("device", "auto")),
+                                         s.unlearn.batch_size, self.method, method_name)
+        if problem:
+            raise ConfigError(problem)
         if not (self.model_spec.get("pretrained") or self.model_spec.get("gguf")):  # a fresh model: shape known now
             try:
                 arch = LlamaConfig(**self.model_spec["arch"])
@@ -234,13 +239,18 @@ class Run:
 
     # -- phases -------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        """Run every phase and write the record; a complete record of this config and code is returned as is."""
-        existing = read_record(self.run_dir)
+        """Run every phase and write the record; a complete record of this config and code is returned as is.
+
+        Several processes (``bench.distributed``): every rank unlearns (sharded); rank 0 alone evaluates
+        and writes, into its run folder; the others return None."""
+        distributed.init(resolve_device(self.model_spec.get("device", "auto")))
+        self.run_dir = Path(distributed.broadcast(str(self.run_dir)))  # Hydra may stamp each rank's folder apart
+        existing = distributed.broadcast(read_record(self.run_dir))
         if existing is not None and same_identity(existing, self.cfg_hash, self.code):
             log.info("record in %s is complete for this config and code version: skipped", self.run_dir)
-            return existing
+            return existing if self.world.is_main else None
         self.prepare()
-        if existing is not None:  # nothing moves before every check has passed
+        if existing is not None and self.world.is_main:  # nothing moves before every check has passed
             log.warning("record in %s has another config or code version: moved to %s", self.run_dir, move_aside(self.run_dir))
         t0 = time.perf_counter()
         self.load_models()
@@ -256,7 +266,9 @@ class Run:
             self.evaluate(outcome.model, stages.UNLEARNED)
             self.evaluate_hook_controls(outcome.model)
         self.timings["total"] = round(time.perf_counter() - t0, 3)
-        return self.write(outcome)
+        record = self.write(outcome) if self.world.is_main else None
+        distributed.barrier()  # the next run of a sweep starts together on every rank
+        return record
 
     def prepare(self) -> None:
         """Cheap setup that still can reject the config: threads, base-model source, tokenizer, sequence lengths."""
@@ -289,7 +301,7 @@ class Run:
             check_lengths(self.tokenizer, self.bench, int(arch["max_position_embeddings"]))
         if self.shape is not None:
             check_suites_against_model(self.selected_settings, self.bench, self.tokenizer, self.shape, self.max_positions)
-        self.device = resolve_device(self.model_spec.get("device", "auto"))
+        self.device = distributed.rank_device(resolve_device(self.model_spec.get("device", "auto")))
         self.forget_filter: dict[str, Any] | None = None
         if not self.inject:  # the forget split is what the base model knows: known before any record moves
             self.base = build_base_model(self.model_spec, self.tokenizer, self.settings.seed, self.source).to(self.device).eval()
@@ -301,11 +313,20 @@ class Run:
     def load_models(self) -> None:
         start = time.perf_counter()
         s = self.settings
+
+        def obtain() -> None:
+            self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer,
+                                                         s.cache_dir, s.seed, self.source)
+            self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer,
+                                                         s.cache_dir, s.seed, self.source)
+
         if self.inject:
-            self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
-                                                         s.seed, self.source)
-            self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer, s.cache_dir,
-                                                         s.seed, self.source)
+            # Several processes: rank 0 trains what the cache lacks, the others then read the cache.
+            if self.world.is_main:
+                obtain()
+            distributed.barrier()
+            if not self.world.is_main:
+                obtain()
         else:  # the base model as loaded (prepare); no oracle exists for what it learned in pretraining
             self.target = self.base
             self.target_info = {"key": digest({"model": self.model_spec, "base": self.source}, 20), "path": self.source,
@@ -322,6 +343,8 @@ class Run:
                          if s.reuse_stages else None)
 
     def evaluate(self, model: torch.nn.Module, stage: str) -> None:
+        if not self.world.is_main:  # rank 0 evaluates (and writes the stage cache) for the whole run
+            return
         start = time.perf_counter()
 
         out, reused = cached_stage(stage, self.identity, self.settings.cache_dir, self.ctx,
@@ -418,11 +441,12 @@ class Run:
             if out.result.diverged:
                 log.error("request %d diverged at step %d: later requests are not run", i, out.result.steps)
                 break
-            start = time.perf_counter()
-            out = evaluate_request(model, stage, done, self.request_suites, self.ctx)
-            self.rows.extend(out.rows)
-            self.examples.extend(out.examples)
-            self.clock(stage, start)
+            if self.world.is_main:  # evaluation is rank 0's (bench.distributed)
+                start = time.perf_counter()
+                out = evaluate_request(model, stage, done, self.request_suites, self.ctx)
+                self.rows.extend(out.rows)
+                self.examples.extend(out.examples)
+                self.clock(stage, start)
         targets = [r["stop_target"] for r in log_]
         return Outcome(model, total, trace, targets[0] if len(set(targets)) == 1 else None, reached_all, log_)
 
@@ -436,6 +460,7 @@ class Run:
             "config": self.resolved,
             "tuning": self.tuning,
             "provenance": {**provenance(self.settings.seed, str(self.device)), "wall_s": self.timings,
+                           "processes": self.world.size,
                            "models": {stages.TARGET: self.target_info,
                                       **({stages.ORACLE: self.oracle_info} if self.oracle_info else {})},
                            "reused_stages": self.reused_stages},
@@ -473,6 +498,8 @@ def main(cfg: DictConfig) -> None:
         record = run(cfg, hc.runtime.output_dir, hc.runtime.choices.get("method", "?"), method_overrides(hc.overrides.task))
     except UserError as err:
         exit_with(err, "bench.run")
+    if record is None:  # a rank other than 0 of a multi-process run: rank 0 prints
+        return
     from bench.report import summary_table
 
     print(summary_table(record))
@@ -510,4 +537,7 @@ if __name__ == "__main__":
         check_group_choices(sys.argv[1:])
     except UserError as err:
         exit_with(err, "bench.run")
+    if distributed.world().rank > 0:  # rank 0 alone writes the run folder (Hydra's config copy and log included)
+        sys.argv += [o for o in ("hydra.output_subdir=null", "hydra/job_logging=stdout")
+                     if not any(a.startswith(o.split("=")[0] + "=") for a in sys.argv)]
     main()

@@ -85,7 +85,7 @@ def reject_unknown(raw: Mapping[str, Any], allowed: list[str], where: str) -> No
 
 
 MODEL_KEYS = ("name", "pretrained", "tokenizer", "dtype", "device", "arch", "inject", "chat_template", "revision",
-              "trust_remote_code", "use_safetensors", "gguf", "gguf_file")
+              "trust_remote_code", "use_safetensors", "gguf", "gguf_file", "gradient_checkpointing")
 
 
 # model.arch keys the harness sets itself from the tokenizer (bench.models.build_base_model).
@@ -100,8 +100,12 @@ def check_model_block(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     from bench.train import TrainConfig
 
+    from bench.models import DTYPES
+
     reject_unknown(spec, list(MODEL_KEYS), "model")
     spec = dict(spec)
+    if "dtype" in spec:  # one name per dtype (bf16 and bfloat16 are the same model, the same cache entry)
+        spec["dtype"] = DTYPES.get(spec["dtype"], spec["dtype"]) if isinstance(spec["dtype"], str) else spec["dtype"]
     if spec.get("inject") is not None:
         inject = parse_settings(TrainConfig, spec["inject"], "model.inject")
         spec["inject"] = {key: getattr(inject, key) for key in spec["inject"]}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from bench.data import Batch, batches_in_order, encode_prompt, encode_qa, pad_id
 from bench.distributions import answer_logits
+from bench.memory import fitting
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -99,15 +100,19 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
     """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches."""
     examples = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
     device = model_device(model)
-    sums, counts, exact, per_token = [], [], [], []
-    with eval_mode(model):
-        for batch in batches_in_order(examples, batch_size, pad_id(tokenizer)):
-            logp, hit, mask = token_logprobs(model, batch.to(device))
-            sums.append(logp.sum(-1).cpu())
-            counts.append(mask.sum(-1).cpu())
-            exact.append(hit.all(-1).cpu())
-            per_token += [row[m].cpu().numpy() for row, m in zip(logp, mask)]
-    return AnswerScores(torch.cat(sums).double().numpy(), torch.cat(counts).numpy(), torch.cat(exact).numpy(), per_token)
+
+    def scored(size: int) -> AnswerScores:  # the whole pass at one batch size (bench.memory)
+        sums, counts, exact, per_token = [], [], [], []
+        with eval_mode(model):
+            for batch in batches_in_order(examples, size, pad_id(tokenizer)):
+                logp, hit, mask = token_logprobs(model, batch.to(device))
+                sums.append(logp.sum(-1).cpu())
+                counts.append(mask.sum(-1).cpu())
+                exact.append(hit.all(-1).cpu())
+                per_token += [row[m].cpu().numpy() for row, m in zip(logp, mask)]
+        return AnswerScores(torch.cat(sums).double().numpy(), torch.cat(counts).numpy(), torch.cat(exact).numpy(), per_token)
+
+    return fitting(scored, batch_size)
 
 
 @torch.no_grad()
@@ -115,17 +120,21 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     """Greedy generation (left-padded batches); the text up to the end token, stripped."""
     device = model_device(model)
     pad = pad_id(tokenizer)
-    out: list[str] = []
-    with eval_mode(model):
-        for start in range(0, len(prompts), batch_size):
-            chunk = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-            width = max(map(len, chunk))
-            ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=device)
-            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            for row in gen[:, width:].tolist():
-                if tokenizer.eos_token_id in row:
-                    row = row[: row.index(tokenizer.eos_token_id)]
-                out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return out
+
+    def generated(size: int) -> list[str]:  # the whole pass at one batch size (bench.memory)
+        out: list[str] = []
+        with eval_mode(model):
+            for start in range(0, len(prompts), size):
+                chunk = [encode_prompt(tokenizer, p) for p in prompts[start : start + size]]
+                width = max(map(len, chunk))
+                ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=device)
+                mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
+                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                for row in gen[:, width:].tolist():
+                    if tokenizer.eos_token_id in row:
+                        row = row[: row.index(tokenizer.eos_token_id)]
+                    out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        return out
+
+    return fitting(generated, batch_size)

@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Literal
 import torch
 from tqdm.auto import tqdm
 
+from bench import distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +83,9 @@ def nonfinite_weights(params: Iterable[torch.Tensor]) -> bool:
     A norm is inf also for huge finite weights (its square overflows), so only then is every
     element looked at.
     """
+    params = list(params)
+    if params and distributed.is_sharded(params):  # each rank tests its shard; any broken shard breaks all
+        return distributed.any_rank(nonfinite_weights([distributed.local(p) for p in params]), params[0].device)
     params = [p.detach() for p in params]
     if not params:
         return False
@@ -151,6 +156,8 @@ def train_loop(
     checkpoints.add(cfg.max_steps)
 
     result = TrainResult(steps=0)
+    # A sharded model trains on every rank with its own rows: the loss every rank logs and tests is their mean.
+    agreed = distributed.mean_over_ranks if distributed.is_sharded(params) else (lambda loss: loss)
 
     def broken(step: int) -> bool:
         """Trained weights non-finite: record the divergence (the check is not consulted)."""
@@ -188,7 +195,7 @@ def train_loop(
             batch = next(stream)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(batch) if loss_and_grad is None else loss_and_grad(batch).detach()
-            if not torch.isfinite(loss):
+            if not torch.isfinite(agreed(loss.detach())):
                 result.diverged = True
                 result.losses.append(float(loss.detach()))
                 break
@@ -201,7 +208,7 @@ def train_loop(
             opt.step()
             sched.step()
             result.steps = step
-            result.losses.append(float(loss.detach()))
+            result.losses.append(float(agreed(loss.detach())))
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
             if step in checkpoints:

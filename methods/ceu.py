@@ -24,6 +24,7 @@ retain em (which needs the end token) falls to 0 while retain forced choice stay
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ class CEU(LossMethod):
     mcq 0.69 after 300 steps; 1e-3 reaches the target in 35 steps, and both drive retain em to 0, see
     the module docstring). ignore_first: leading answer tokens per row left out of the loss
     (≥ 0; OpenUnlearning 1, here 0: single-token answers; see the module docstring)."""
+    shardable: ClassVar[bool] = True  # loss only: verified across processes (tests/test_distributed.py)
 
     lr: float = 1e-3
     ignore_first: int = 0

@@ -7,6 +7,7 @@ positions (``retain_loss: kl``, against a frozen copy of the model before unlear
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bench.method import LossMethod
 from bench.retain import RetainTerm
@@ -17,6 +18,7 @@ from bench.scoring import mean_nll
 class GradDiff(RetainTerm, LossMethod):
     """lr: peak learning rate. alpha: weight of the retain term (≥ 0; 0 gives GA).
     retain_loss: ``nll`` (default) or ``kl`` (``bench.retain``)."""
+    shardable: ClassVar[bool] = True  # loss only: verified across processes (tests/test_distributed.py)
 
     lr: float = 1e-4
     alpha: float = 1.0

@@ -18,7 +18,7 @@ alone: the retain gradient only sets the constraint direction, α = 0 (the defau
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -37,6 +37,7 @@ class GRU(LossMethod):
     (0 < γ ≤ 1; 1: no smoothing; OpenUnlearning 0.8). forget_loss: ``ga`` (OpenUnlearning's
     default) or ``npo``. beta: NPO inverse temperature. alpha: weight of the retain gradient added
     to the update (0: the reference's update, the rectified forget gradient alone)."""
+    unshardable_reason: ClassVar[str] = "its gradient projection (dot products over every gradient) needs whole gradients, a rank holds a shard"
 
     lr: float = 1e-4
     gamma: float = 0.8

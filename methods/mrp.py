@@ -44,7 +44,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -387,6 +387,7 @@ class MRP(LossMethod):
     optimizer: ``sgd`` (plain SGD, as the paper) or ``adamw``.
     epochs: cap on passes over the forget examples (None: only the shared step cap and stopping rule).
     """
+    unshardable_reason: ClassVar[str] = "its projection directions train outside the sharded decoder blocks (forward hooks)"
 
     layers: list[int] = field(default_factory=lambda: [0])
     k: int | None = None

@@ -11,6 +11,7 @@ model in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from bench.scoring import sequence_logprob
 class NPO(RetainTerm, LossMethod):
     """lr: peak learning rate. beta: inverse temperature (> 0). alpha: retain weight (0: plain NPO).
     retain_loss: ``nll`` (default) or ``kl`` (``bench.retain``)."""
+    shardable: ClassVar[bool] = True  # loss only: verified across processes (tests/test_distributed.py)
 
     lr: float = 1e-4
     beta: float = 0.1

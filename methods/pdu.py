@@ -20,6 +20,7 @@ gradient); it moves λ. ``lambdas`` records λ_t per step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -41,6 +42,7 @@ class PDU(LossMethod):
     """lr: peak learning rate. eps: the retain constraint NLL_r ≤ ε (nats per answer token; the
     tiny target's retain NLL is ~0.015). lam: initial multiplier λ_0 ≥ 0. dual_lr: η > 0, the dual
     ascent step. gamma: weight of the forget loss (> 0)."""
+    unshardable_reason: ClassVar[str] = "its gradient edit (after_backward) needs whole gradients, a rank holds a shard"
 
     lr: float = 3e-3
     eps: float = 0.1

@@ -26,7 +26,7 @@ the forget states reach c·u almost exactly, but the remaining error still ranks
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -77,6 +77,7 @@ class RMU(LossMethod):
     term. tokens: positions of both terms, ``read`` (default) or ``all`` real tokens (WMDP's
     choice on its forget corpus). Defaults: conf/method/rmu.yaml (12 runs on the tiny model; none
     reaches the default forget target within 300 steps, see there)."""
+    unshardable_reason: ClassVar[str] = "it trains a chosen layer through forward hooks on hidden states"
 
     lr: float = 3e-3
     layer: int = 1

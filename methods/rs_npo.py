@@ -17,6 +17,7 @@ per batch, like NPO, plus drawing the noise.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,7 @@ from methods.sam_npo import add_retain, forget_grad_at
 class RSNPO(LossMethod):
     """lr: peak learning rate. beta: NPO inverse temperature. alpha: retain weight. sigma: standard
     deviation of the Gaussian weight noise (absolute, per parameter; 0 gives NPO)."""
+    unshardable_reason: ClassVar[str] = "its random smoothing passes are not verified under sharding"
 
     lr: float = 1e-4
     beta: float = 0.1

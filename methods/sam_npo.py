@@ -17,6 +17,7 @@ optimiser step. ρ = 0 gives NPO exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -61,6 +62,7 @@ def add_retain(model, params, batch, alpha: float, forget_grads: list[torch.Tens
 class SAMNPO(LossMethod):
     """lr: peak learning rate. beta: NPO inverse temperature. alpha: retain weight. rho: radius of the
     weight perturbation (L2 over all trainable parameters; 0 gives NPO). Defaults: conf/method/sam_npo.yaml."""
+    unshardable_reason: ClassVar[str] = "its perturbed second pass scales by the whole gradient's norm, a rank holds a shard"
 
     lr: float = 1e-4
     beta: float = 0.1

@@ -18,6 +18,7 @@ and β₁ = 5 make the forget gradient vanish at the start; the defaults here ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bench.method import LossMethod
 from bench.retain import RetainTerm
@@ -36,6 +37,7 @@ class SatImp(RetainTerm, LossMethod):
     0.60 (α = 0.1: 0.40); lr 3e-3 reaches it in 195 steps (retain em 0.88, general em 0.18; α = 0.1:
     80 steps, 0.83 / 0.15). β₁ = 0.3, lr 1e-3 reaches it in 55 steps (retain em 0.96, general em 0.78):
     the default."""
+    shardable: ClassVar[bool] = True  # loss only: verified across processes (tests/test_distributed.py)
 
     lr: float = 1e-3
     beta1: float = 0.3

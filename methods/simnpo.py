@@ -18,6 +18,7 @@ AdamW the common scale of the loss hardly matters).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 
@@ -36,6 +37,7 @@ class SimNPO(RetainTerm, LossMethod):
     general em 0.90).
     gamma: reward margin γ of the paper (≥ 0; OpenUnlearning's delta = γ/β; default 0 as both).
     alpha: retain weight (≥ 0; 0: forget term only). retain_loss: ``nll`` (default) or ``kl``."""
+    shardable: ClassVar[bool] = True  # loss only: verified across processes (tests/test_distributed.py)
 
     lr: float = 3e-4
     beta: float = 0.5

@@ -35,7 +35,7 @@ long answers (keep them short).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import contextlib
 
@@ -67,6 +67,7 @@ class Ssiuu(LossMethod):
     by one double backward). base: the base loss, ``graddiff`` (the paper's, default) or ``npo``.
     alpha: retain weight of the base loss. beta: NPO's inverse temperature (base=npo only).
     """
+    unshardable_reason: ClassVar[str] = "its gradient edit (after_backward) needs whole gradients, a rank holds a shard"
 
     lr: float = 1e-4
     lam: float = 1.0
@@ -127,7 +128,8 @@ class Ssiuu(LossMethod):
         params = [p for p in model.parameters() if p.requires_grad]
         with sdpa_kernel([SDPBackend.MATH]) if create_graph else contextlib.nullcontext():
             total = Ssiuu._summed_grads(model, params, batches, create_graph)
-        return params, total, [p.detach() * g.detach() for p, g in zip(params, total)]
+        # fp32 attributions whatever the weights' dtype: the penalty differences A_t − A_{t−1} vanish in bf16.
+        return params, total, [p.detach().float() * g.detach().float() for p, g in zip(params, total)]
 
     @staticmethod
     def _summed_grads(model, params, batches, create_graph: bool) -> list[torch.Tensor]:
@@ -158,6 +160,7 @@ class Ssiuu(LossMethod):
                 extras = [e if h is None else e + (2.0 * self.lam) * h.detach() for e, h in zip(extras, hvp)]
             if self.lam:
                 for p, extra in zip(params, extras):
+                    extra = extra.to(p.dtype)  # the fp32 attributions' edit, in the weights' dtype
                     p.grad = extra if p.grad is None else p.grad.add_(extra)
         self.penalties.append(penalty)
         self._prev = attr

@@ -18,6 +18,7 @@ logit), this harness over the answer positions only. R = NLL_r (``retain_loss: n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ class UNDIAL(RetainTerm, LossMethod):
     lr 1e-3: 0.48. Why it stalls: the gold answer's probability does fall (em 0, answer prob ~0.002),
     but the distractor options carry ~0 mass in both the teacher and its adjusted target, so the
     KL hardly sees whether the gold token ends up below them, which is what forced choice asks."""
+    shardable: ClassVar[bool] = True  # loss only: verified across processes (tests/test_distributed.py)
 
     lr: float = 1e-3
     gamma: float = 10.0

@@ -13,6 +13,7 @@ pulling, which bounds the ascent. R = NLL_r (``retain_loss: nll``, default) or K
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -32,6 +33,7 @@ class WGA(RetainTerm, LossMethod):
     Defaults for the tiny model (default world, seed 0, measured): OpenUnlearning's β = 1 misses the
     forget target in 300 steps (lr 1e-4: forget mcq 0.77; lr 1e-3: 0.67; the weights vanish as p
     falls); β = 0.3, lr 1e-3 reaches it in 45 steps (retain em 0.98, general em 0.75). alpha: retain weight (≥ 0). retain_loss: ``nll`` (default) or ``kl``."""
+    shardable: ClassVar[bool] = True  # loss only: verified across processes (tests/test_distributed.py)
 
     lr: float = 1e-3
     beta: float = 0.3

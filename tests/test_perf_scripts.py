@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from bench.perf import end_token_check, step_cost
 
 
@@ -33,3 +37,20 @@ def test_ssiuu_penalty_runs(tmp_path, capsys):
     ssiuu_penalty.main(["--steps", "2", "--threads", "1", "+experiment=micro", f"cache_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert "ssiuu:penalty_grad=exact" in out and "|grad R|/lam" in out
+
+
+@pytest.mark.slow  # ~25-40 s: the whole smoke path twice (bf16 and fp32)
+def test_device_check_smoke_mode_writes_its_report(tmp_path, monkeypatch):
+    from bench.perf import device_check
+
+    monkeypatch.setattr(device_check, "SMOKE", True)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.delenv("UNLEARN_BENCH_CACHE", raising=False)
+    assert device_check.main() == 0
+    report = json.loads((tmp_path / "out" / "device_check.json").read_text())
+    assert [(c["model"], c["dtype"]) for c in report["cases"]] == [("micro", "bf16"), ("micro", "fp32")]
+    for case in report["cases"]:
+        assert case["s_per_step"] > 0 and case["tokens_per_s"] > 0 and case["mfu"] is None
+        assert case["knowledge"]["unlearned/forget/mcq_acc"] >= 0 and case["relearn"], case["model"]
+    assert report["bf16_vs_fp32"]["micro"]["rows"] > 0
+    assert "tokens/s" in (tmp_path / "out" / "device_check.txt").read_text()

@@ -1,0 +1,52 @@
+"""GPU-ready settings, checked on the CPU: model.dtype names, fp32 scores under bf16 weights, gradient
+checkpointing as a setting that changes memory, not numbers (nor the model cache key)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from bench.data import BatchStream, pad_id, qa_examples
+from bench.items import prompts
+from bench.models import build_base_model, cache_key, runtime_settings
+from bench.reference import reference_logprobs
+from bench.run_config import check_model_block
+from bench.scoring import mean_nll, score_answers
+from bench.train import TrainConfig
+from tests.conftest import MICRO_ARCH
+
+
+def test_dtype_names_are_one_cache_entry(micro_bench, tokenizer):
+    inject = TrainConfig(lr=1e-3, max_steps=1)
+    keys = {name: cache_key("target", check_model_block({"arch": MICRO_ARCH, "dtype": name}), micro_bench, tokenizer,
+                            inject, 0) for name in ("bf16", "bfloat16", "fp32", "float32")}
+    assert keys["bf16"] == keys["bfloat16"] and keys["fp32"] == keys["float32"] and keys["bf16"] != keys["fp32"]
+    plain = cache_key("target", {"arch": MICRO_ARCH}, micro_bench, tokenizer, inject, 0)
+    checkpointed = cache_key("target", {"arch": MICRO_ARCH, "gradient_checkpointing": True}, micro_bench, tokenizer, inject, 0)
+    assert plain == checkpointed, "gradient checkpointing changes no weight: same cached model"
+
+
+def test_scores_and_references_are_fp32_under_bf16_weights(trained_micro, tokenizer, micro_bench):
+    model = copy.deepcopy(trained_micro).to(torch.bfloat16)
+    items = micro_bench.split("forget")
+    scores = score_answers(model, tokenizer, prompts(micro_bench, items, "question"), [it.answer for it in items])
+    full = score_answers(trained_micro, tokenizer, prompts(micro_bench, items, "question"), [it.answer for it in items])
+    # bf16 weights move the log-probs (8 mantissa bits), fp32 log-softmax keeps them close to the fp32 model's
+    assert scores.sum_logprob == pytest.approx(full.sum_logprob, abs=0.25)
+    refs = reference_logprobs(model, qa_examples(tokenizer, micro_bench, items), pad_id(tokenizer))
+    assert refs.dtype == torch.float32
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, micro_bench):
+    batch = next(iter(BatchStream(qa_examples(tokenizer, micro_bench, micro_bench.split("retain")), 8, pad_id(tokenizer), 0)))
+    grads = []
+    for checkpointing in (False, True):
+        model = runtime_settings(build_base_model({"arch": MICRO_ARCH}, tokenizer, seed=0), {"gradient_checkpointing": checkpointing})
+        model.train()
+        mean_nll(model, batch).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert model.is_activation_checkpointing == checkpointing
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
