@@ -44,7 +44,7 @@ from bench.record import code_version, config_hash, move_aside, provenance, read
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block
 from bench.settings import did_you_mean, parse_arguments, parse_settings
 from bench.scoring import score_answers
-from bench.items import mcq_correct, prompts
+from bench.items import forced_choice, mcq_correct, option_pairs, prompts
 from bench.stage_cache import cached_stage, stage_identity
 from bench.suites import Row, SuiteContext, available_suites, evaluate_suites, validate_settings
 from bench.tokenizer import load_model_tokenizer
@@ -291,10 +291,17 @@ class Run:
         trace: list[dict[str, Any]] = []
         bench, tok = self.bench, self.tokenizer
 
+        # The check's pairs, built once per request: forget options (forced choice), then retain answers (em),
+        # scored in one call (prompts share their pass over the options; tokenisation is cached).
+        check_prompts, check_answers = option_pairs(bench, forget)
+        n_options, k = len(check_prompts), len(forget[0].options)
+        check_prompts += prompts(bench, retain, "question")
+        check_answers += [it.answer for it in retain]
+
         def should_stop(model, step: int) -> bool:
-            acc = float(mcq_correct(model, tok, bench, forget).mean())
-            retain_em = float(score_answers(model, tok, prompts(bench, retain, "question"),
-                                            [it.answer for it in retain]).exact.mean()) if retain else float("nan")
+            scored = score_answers(model, tok, check_prompts, check_answers)
+            acc = float(forced_choice(scored.option_logprob[:n_options].reshape(len(forget), k), forget).mean())
+            retain_em = float(scored.exact[n_options:].mean()) if retain else float("nan")
             trace.append({"step": step, "forget_mcq_acc": acc, "retain_em": retain_em})
             return acc <= target
 

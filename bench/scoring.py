@@ -8,6 +8,7 @@ against ``model.generate``).
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data import Batch, batches_in_order, encode_prompt, encode_qa, pad_id
+from bench.data import IGNORE, Batch, answer_text, batches_in_order, encode_prompt, pad_id
 from bench.distributions import answer_logits
 
 
@@ -50,6 +51,32 @@ def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, 
     return logp * mask, hit | ~mask, mask
 
 
+def paired_token_logprobs(model: torch.nn.Module, first: Batch, second: Batch
+                          ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``token_logprobs``' log-probs and mask of two batches from one forward over both (the forget and
+    retain halves of a step: one pass instead of two, about a sixth of a GradDiff step). Each row is
+    right-padded to the wider batch; padding changes no row's values beyond float noise
+    (tests/test_losses.py checks losses and gradients against two forwards)."""
+    width = max(first.input_ids.shape[1], second.input_ids.shape[1])
+
+    def widen(t: torch.Tensor, fill: int) -> torch.Tensor:
+        return F.pad(t, (0, width - t.shape[1]), value=fill)
+
+    # Padding is right of every real token and masked, so its token id (0) never reaches a scored position.
+    both = Batch(torch.cat([widen(first.input_ids, 0), widen(second.input_ids, 0)]),
+                 torch.cat([widen(first.attention_mask, 0), widen(second.attention_mask, 0)]),
+                 torch.cat([widen(first.labels, IGNORE), widen(second.labels, IGNORE)]),
+                 torch.cat([first.index, second.index]))
+    logp, _, mask = token_logprobs(model, both)
+    n = first.input_ids.shape[0]
+    return (logp[:n], mask[:n]), (logp[n:], mask[n:])
+
+
+def paired_mean_nll(model: torch.nn.Module, first: Batch, second: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean_nll`` of each of two batches, from one forward (``paired_token_logprobs``)."""
+    return tuple(-logp.sum() / mask.sum().clamp(min=1) for logp, mask in paired_token_logprobs(model, first, second))
+
+
 def sequence_logprob(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of answer-token log-probs per row and the number of answer tokens (differentiable)."""
     logp, _, mask = token_logprobs(model, batch)
@@ -70,6 +97,7 @@ class AnswerScores:
     n_tokens: np.ndarray
     exact: np.ndarray  # bool: greedy decoding would produce exactly this answer then stop
     token_logprobs: list[np.ndarray]  # every labelled token: the answer tokens, then the end token
+    unshared: int = 0  # pairs scored without sharing their prompt's pass (a model without the packed layout)
 
     @property
     def mean_logprob(self) -> np.ndarray:
@@ -94,20 +122,164 @@ class AnswerScores:
         return np.array([lp.sum(dtype=np.float64) for lp in self.answer_logprobs])
 
 
-@torch.no_grad()
-def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> AnswerScores:
-    """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches."""
-    examples = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+class _Encodings:
+    """Token ids of prompts and answers, each text tokenised once per tokenizer (the stopping rule
+    scores the same options every few steps; re-tokenising them was a fifth of a scoring call).
+
+    ``pair(p, a)`` is ``(encode_prompt(p), answer ids + end token)``, exactly ``encode_qa``'s two halves."""
+
+    _by_tokenizer: "weakref.WeakKeyDictionary[object, _Encodings]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.prompts: dict[tuple[str, str | None], tuple[int, ...]] = {}
+        self.answers: dict[tuple[str, str | None], tuple[int, ...]] = {}
+
+    @classmethod
+    def of(cls, tokenizer) -> "_Encodings":
+        try:
+            return cls._by_tokenizer.setdefault(tokenizer, cls(tokenizer))
+        except TypeError:  # a tokenizer that cannot be weakly referenced: no cache across calls
+            return cls(tokenizer)
+
+    def prompt(self, prompt: str) -> tuple[int, ...]:
+        # The chat template decides how both halves are encoded, and a tokenizer may gain or lose it.
+        key = (prompt, getattr(self.tokenizer, "chat_template", None))
+        ids = self.prompts.get(key)
+        if ids is None:
+            ids = self.prompts[key] = tuple(encode_prompt(self.tokenizer, prompt))
+        return ids
+
+    def answer(self, answer: str) -> tuple[int, ...]:
+        key = (answer, getattr(self.tokenizer, "chat_template", None))
+        ids = self.answers.get(key)
+        if ids is None:
+            text = self.tokenizer(answer_text(self.tokenizer, answer), add_special_tokens=False).input_ids
+            ids = self.answers[key] = (*text, self.tokenizer.eos_token_id)
+        return ids
+
+    def pair(self, prompt: str, answer: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return self.prompt(prompt), self.answer(answer)
+
+
+def shares_prefix(model: torch.nn.Module) -> bool:
+    """Whether ``model`` takes the packed layout of ``_score_packed``: a Llama with eager or SDPA
+    attention, which honours a custom 4D attention mask and explicit position ids (other
+    architectures may drop the mask, e.g. sliding-window or flash attention; they take the plain path)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) == "llama"
+            and getattr(config, "_attn_implementation", None) in ("sdpa", "eager"))
+
+
+def _packed_rows(pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int) -> list[list[tuple[tuple[int, ...], list[int]]]]:
+    """Batches of rows (prompt ids, pair indices), prompts in order of first appearance: a row is one
+    prompt with up to ``batch_size`` of its answers; a batch holds rows while its padded size (rows ×
+    longest row) stays within ``batch_size`` × the longest pair, the plain path's largest batch, so a
+    packed forward never needs more memory than a plain one."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (p, _) in enumerate(pairs):
+        groups.setdefault(p, []).append(i)
+    budget = batch_size * max(len(p) + len(a) for p, a in pairs)
+    batches: list = []
+    batch: list = []
+    width = 0
+    for p, idx in groups.items():
+        for s in range(0, len(idx), batch_size):
+            part = idx[s : s + batch_size]
+            row = len(p) + sum(len(pairs[i][1]) - 1 for i in part)
+            if batch and (len(batch) + 1) * max(width, row) > budget:
+                batches.append(batch)
+                batch, width = [], 0
+            batch.append((p, part))
+            width = max(width, row)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _score_packed(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int, pad: int,
+                  logp_out: list, hit_out: list) -> None:
+    """Score every pair with its prompt run once per row: a row is the prompt followed by each of
+    its answers (without its end token, whose successor is never scored); each answer attends to
+    the prompt and to its own earlier tokens only (4D mask) and its positions continue the prompt's,
+    so every answer sees exactly the sequence ``encode_qa`` builds. The prompt's last position
+    predicts every answer's first token. Fills ``logp_out[i]``/``hit_out[i]`` per pair."""
     device = model_device(model)
-    sums, counts, exact, per_token = [], [], [], []
+    dtype = next(model.parameters()).dtype
+    for batch in _packed_rows(pairs, batch_size):
+        width = max(len(p) + sum(len(pairs[i][1]) - 1 for i in idx) for p, idx in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        pos = torch.zeros((len(batch), width), dtype=torch.long)
+        seg = torch.full((len(batch), width), -1, dtype=torch.long)  # 0 prompt, j+1 answer j, -1 padding
+        base = min(len(p) for p, _ in batch) - 1  # first position whose logits are needed
+        rows, cols, targets, owners = [], [], [], []
+        for r, (p, idx) in enumerate(batch):
+            n = len(p)
+            ids[r, :n] = torch.tensor(p)
+            pos[r, :n] = torch.arange(n)
+            seg[r, :n] = 0
+            start = n
+            for j, i in enumerate(idx):
+                a = pairs[i][1]
+                body = len(a) - 1
+                ids[r, start : start + body] = torch.tensor(a[:-1])
+                pos[r, start : start + body] = torch.arange(n, n + body)
+                seg[r, start : start + body] = j + 1
+                rows += [r] * len(a)
+                cols += [n - 1 - base, *range(start - base, start + body - base)]
+                targets += a
+                owners.append((i, len(a)))
+                start += body
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        allowed = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])) & (seg[:, None, :] >= 0)
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
+                       use_cache=False, logits_to_keep=width - base).logits
+        picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float()
+        tgt = torch.tensor(targets, device=device)
+        logp = torch.gather(F.log_softmax(picked, dim=-1), 1, tgt[:, None]).squeeze(1).cpu()
+        hit = (picked.argmax(-1) == tgt).cpu()
+        at = 0
+        for i, n in owners:
+            logp_out[i], hit_out[i] = logp[at : at + n], hit[at : at + n]
+            at += n
+
+
+def _score_plain(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int, pad: int,
+                 logp_out: list, hit_out: list) -> None:
+    """Score each pair as one right-padded sequence (any causal LM)."""
+    examples = [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in pairs]
+    device = model_device(model)
+    for batch in batches_in_order(examples, batch_size, pad):
+        logp, hit, mask = token_logprobs(model, batch.to(device))
+        for i, lp, h, m in zip(batch.index.tolist(), logp.cpu(), hit.cpu(), mask.cpu()):
+            logp_out[i], hit_out[i] = lp[m], h[m]
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64,
+                  shared_prefix: bool = True) -> AnswerScores:
+    """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches of ``batch_size`` pairs.
+
+    Each pair is the token ids ``encode_qa`` builds (prompt and answer tokenised separately, so the
+    prompt's ids are always a true prefix of the pair's). With ``shared_prefix`` (and a model that
+    takes the packed layout, ``shares_prefix``) the answers of one prompt are scored from a single
+    pass over the prompt; otherwise each pair is its own sequence. Both give the same numbers to
+    float tolerance (tests/test_scoring.py); ``AnswerScores.unshared`` counts the pairs scored the
+    plain way.
+    """
+    enc = _Encodings.of(tokenizer)
+    pairs = [enc.pair(p, a) for p, a in zip(prompts, answers, strict=True)]
+    n = len(pairs)
+    logp: list = [None] * n
+    hit: list = [None] * n
+    packed = shared_prefix and shares_prefix(model) and all(len(p) > 0 for p, _ in pairs)
     with eval_mode(model):
-        for batch in batches_in_order(examples, batch_size, pad_id(tokenizer)):
-            logp, hit, mask = token_logprobs(model, batch.to(device))
-            sums.append(logp.sum(-1).cpu())
-            counts.append(mask.sum(-1).cpu())
-            exact.append(hit.all(-1).cpu())
-            per_token += [row[m].cpu().numpy() for row, m in zip(logp, mask)]
-    return AnswerScores(torch.cat(sums).double().numpy(), torch.cat(counts).numpy(), torch.cat(exact).numpy(), per_token)
+        (_score_packed if packed else _score_plain)(model, pairs, batch_size, pad_id(tokenizer), logp, hit)
+    per_token = [lp.numpy() for lp in logp]
+    return AnswerScores(np.array([float(lp.sum()) for lp in logp], dtype=np.float64),
+                        np.array([len(lp) for lp in logp], dtype=np.int64),
+                        np.array([bool(h.all()) for h in hit], dtype=bool), per_token, unshared=0 if packed else n)
 
 
 @torch.no_grad()
@@ -129,3 +301,14 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
                     row = row[: row.index(tokenizer.eos_token_id)]
                 out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return out
+
+
+def exact_generation(tokenizer, answer: str, max_new_tokens: int) -> str | None:
+    """What ``greedy_answers`` returns for a prompt after which ``answer`` scored ``exact``, without
+    generating: greedy decoding then emits the answer's tokens and the end token (the definition of
+    ``exact``), so its text is their decoding. None where that is not provably so: the answer is
+    longer than ``max_new_tokens`` (the generation would be cut) or holds the end token itself."""
+    ids = _Encodings.of(tokenizer).answer(answer)[:-1]
+    if len(ids) > max_new_tokens or tokenizer.eos_token_id in ids:
+        return None
+    return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
