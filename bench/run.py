@@ -139,6 +139,28 @@ class StopRule:
         return self.value
 
 
+class StopCheck:
+    """What the stopping rule measures at each check: forget mcq_acc (forced choice) and retain em.
+
+    The pairs are built once per unlearning call and scored in one ``score_answers`` call: the
+    forget options share their prompt's pass, tokenisation is cached, so a check costs one pass
+    over each forget prompt with its options plus one over each retain question (bench/perf)."""
+
+    def __init__(self, bench: Benchmark, tokenizer, forget: list[QAItem], retain: list[QAItem]):
+        self.tokenizer, self.forget, self.retain = tokenizer, forget, retain
+        self.prompts, self.answers = option_pairs(bench, forget)
+        self.n_options = len(self.prompts)
+        self.prompts += prompts(bench, retain, "question")
+        self.answers += [it.answer for it in retain]
+
+    def __call__(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(forget mcq_acc, retain em; NaN without retain items)."""
+        scored = score_answers(model, self.tokenizer, self.prompts, self.answers)
+        options = scored.option_logprob[: self.n_options].reshape(len(self.forget), -1)
+        retain_em = float(scored.exact[self.n_options :].mean()) if self.retain else float("nan")
+        return float(forced_choice(options, self.forget).mean()), retain_em
+
+
 @dataclass
 class Outcome:
     """What one unlearning call (or a continual sequence) produced."""
@@ -291,17 +313,10 @@ class Run:
         trace: list[dict[str, Any]] = []
         bench, tok = self.bench, self.tokenizer
 
-        # The check's pairs, built once per request: forget options (forced choice), then retain answers (em),
-        # scored in one call (prompts share their pass over the options; tokenisation is cached).
-        check_prompts, check_answers = option_pairs(bench, forget)
-        n_options, k = len(check_prompts), len(forget[0].options)
-        check_prompts += prompts(bench, retain, "question")
-        check_answers += [it.answer for it in retain]
+        check = StopCheck(bench, tok, forget, retain)
 
         def should_stop(model, step: int) -> bool:
-            scored = score_answers(model, tok, check_prompts, check_answers)
-            acc = float(forced_choice(scored.option_logprob[:n_options].reshape(len(forget), k), forget).mean())
-            retain_em = float(scored.exact[n_options:].mean()) if retain else float("nan")
+            acc, retain_em = check(model)
             trace.append({"step": step, "forget_mcq_acc": acc, "retain_em": retain_em})
             return acc <= target
 

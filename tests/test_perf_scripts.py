@@ -25,3 +25,13 @@ def test_peak_memory_runs(tmp_path, capsys):
     peak_memory.main(["--methods", "graddiff", "npo", "--steps", "1", "+experiment=micro", f"cache_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert "graddiff" in out and "npo" in out and "growth" in out
+
+
+def test_speed_ratios_run(tmp_path, capsys):
+    from bench.perf.__main__ import main
+
+    main(["--steps", "1", "--warmup", "0", "--repeats", "1", "--sample", "2", "--people", "12", "+experiment=micro",
+          f"cache_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    for part in ("HF Trainer", "per-item generate", "disagreements", "ms/prompt", "12 people"):
+        assert part in out
