@@ -3,7 +3,9 @@
 Exact match is computed teacher-forced: the greedy answer equals the gold answer (followed by
 the end token) exactly when the argmax at every gold answer position is the gold token, so one
 batched forward pass gives greedy decoding's verdict (tests/test_scoring.py checks this
-against ``model.generate``).
+against ``model.generate``). The answers of one prompt (gold, perturbed, options) are scored from a
+single pass over the prompt (``score_answers``, shared prefix; tests/test_fast_paths.py checks it
+against scoring each pair on its own).
 """
 
 from __future__ import annotations
