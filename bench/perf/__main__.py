@@ -34,8 +34,8 @@ from typing import Callable
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import numpy as np
 import torch
+from transformers import AutoModelForCausalLM
 
 from bench.items import SPLIT_VIEWS, option_pairs, prompts, score_items
 from bench.method import UnlearnContext, UnlearnData, paired_batches
@@ -200,11 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sample", type=int, default=96, help="prompts timed with per-item generate")
     ap.add_argument("--people", type=int, default=320, help="people of the bigger world for the check's share")
+    ap.add_argument("--target", default=None,
+                    help="a saved model folder to time instead of the cached target (e.g. one trained by another "
+                         "commit: two commits compared on the same weights)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config")
     args = ap.parse_args(argv)
     setup = load(["graddiff"], args.overrides, args.threads)
     bench, tok = setup.bench, setup.tokenizer
-    target, _ = obtain_model("target", setup.spec, bench, tok, setup.cache_dir, setup.seed, setup.source)
+    if args.target:
+        target = AutoModelForCausalLM.from_pretrained(args.target, dtype=getattr(torch, setup.spec.get("dtype", "float32")))
+    else:
+        target, _ = obtain_model("target", setup.spec, bench, tok, setup.cache_dir, setup.seed, setup.source)
     target = target.to(setup.device).eval()
     print(f"world: {len(bench.items)} items; threads {torch.get_num_threads()}; device {setup.device}")
     step_ratio(setup, target, args.steps, args.warmup, args.repeats)
