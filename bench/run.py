@@ -26,6 +26,7 @@ from typing import Any
 
 import huggingface_hub
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method
@@ -146,7 +147,9 @@ class StopCheck:
     forget options share their prompt's pass, tokenisation is cached, so a check costs one pass
     over each forget prompt with its options plus one over each retain question (bench/perf)."""
 
-    def __init__(self, bench: Benchmark, tokenizer, forget: list[QAItem], retain: list[QAItem]):
+    def __init__(self, bench: Benchmark, tokenizer, forget: list[QAItem], retain: list[QAItem], retain_items: int | None = None):
+        if retain_items is not None and retain_items < len(retain):  # evenly spread, so every part of the split counts
+            retain = [retain[i] for i in sorted({round(x) for x in np.linspace(0, len(retain) - 1, retain_items)})]
         self.tokenizer, self.forget, self.retain = tokenizer, forget, retain
         self.prompts, self.answers = option_pairs(bench, forget)
         self.n_options = len(self.prompts)
@@ -313,7 +316,7 @@ class Run:
         trace: list[dict[str, Any]] = []
         bench, tok = self.bench, self.tokenizer
 
-        check = StopCheck(bench, tok, forget, retain)
+        check = StopCheck(bench, tok, forget, retain, self.settings.unlearn.check_retain)
 
         def should_stop(model, step: int) -> bool:
             acc, retain_em = check(model)

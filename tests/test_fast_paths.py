@@ -135,3 +135,18 @@ def test_fused_adamw_tracks_the_loop_within_float_noise(trained_micro, micro_ben
             opt.step()
         finals.append([p.detach().clone() for p in model.parameters()])
     assert max(float((a - b).abs().max()) for a, b in zip(*finals)) < 1e-5
+
+
+def test_stop_check_can_cap_the_retain_items_it_traces(trained_micro, micro_bench, tokenizer):
+    from bench.run import StopCheck
+
+    forget, retain = micro_bench.split("forget"), micro_bench.split("retain")
+    full = StopCheck(micro_bench, tokenizer, forget, retain)
+    capped = StopCheck(micro_bench, tokenizer, forget, retain, retain_items=5)
+    assert len(capped.retain) == 5 and capped.retain[0] is retain[0] and capped.retain[-1] is retain[-1]
+    acc, _ = full(trained_micro)
+    acc_capped, em_capped = capped(trained_micro)
+    assert acc_capped == acc  # the stopping rule's number does not depend on the cap
+    alone = score_answers(trained_micro, tokenizer, prompts(micro_bench, capped.retain, "question"),
+                          [it.answer for it in capped.retain]).exact.mean()
+    assert em_capped == pytest.approx(alone)
