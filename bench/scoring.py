@@ -173,68 +173,94 @@ def shares_prefix(model: torch.nn.Module) -> bool:
             and getattr(config, "_attn_implementation", None) in ("sdpa", "eager"))
 
 
-def _packed_rows(pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int) -> list[list[tuple[tuple[int, ...], list[int]]]]:
-    """Batches of rows (prompt ids, pair indices), prompts in order of first appearance: a row is one
-    prompt with up to ``batch_size`` of its answers; a batch holds rows while its padded size (rows ×
-    longest row) stays within ``batch_size`` × the longest pair, the plain path's largest batch, so a
-    packed forward never needs more memory than a plain one."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (p, _) in enumerate(pairs):
-        groups.setdefault(p, []).append(i)
-    budget = batch_size * max(len(p) + len(a) for p, a in pairs)
-    batches: list = []
-    batch: list = []
+Pairs = Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def _tree_rows(pairs: Pairs, batch_size: int) -> list[list[list[int]]]:
+    """Batches of rows of pair indices. Pairs are sorted by their token sequence, so sequences with a
+    common start (a prompt's answers; prompts that begin alike) are neighbours, and a row takes pairs
+    while its prefix tree stays within ``max(128, 2 × the longest pair)`` nodes (dense attention over a
+    row costs its width squared). A batch takes rows while rows × widest row stays within
+    ``batch_size`` × the longest pair, the plain path's largest batch, so no forward needs more memory."""
+    seqs = {i: p + a[:-1] for i, (p, a) in enumerate(pairs)}
+    longest = max(len(p) + len(a) for p, a in pairs)
+    row_cap, budget = max(128, 2 * longest), batch_size * longest
+    rows: list[tuple[list[int], int]] = []
+    prev: tuple[int, ...] = ()
+    for i in sorted(seqs, key=seqs.__getitem__):
+        seq = seqs[i]
+        shared = 0  # in sorted order, the longest prefix shared with any earlier sequence is with the last one
+        while shared < min(len(seq), len(prev)) and seq[shared] == prev[shared]:
+            shared += 1
+        if rows and rows[-1][1] + len(seq) - shared <= row_cap:
+            rows[-1][0].append(i)
+            rows[-1] = (rows[-1][0], rows[-1][1] + len(seq) - shared)
+        else:
+            rows.append(([i], len(seq)))
+        prev = seq
+    batches: list[list[list[int]]] = []
+    batch: list[list[int]] = []
     width = 0
-    for p, idx in groups.items():
-        for s in range(0, len(idx), batch_size):
-            part = idx[s : s + batch_size]
-            row = len(p) + sum(len(pairs[i][1]) - 1 for i in part)
-            if batch and (len(batch) + 1) * max(width, row) > budget:
-                batches.append(batch)
-                batch, width = [], 0
-            batch.append((p, part))
-            width = max(width, row)
+    for idx, n in rows:
+        if batch and (len(batch) + 1) * max(width, n) > budget:
+            batches.append(batch)
+            batch, width = [], 0
+        batch.append(idx)
+        width = max(width, n)
     if batch:
         batches.append(batch)
     return batches
 
 
-def _score_packed(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int, pad: int,
-                  logp_out: list, hit_out: list) -> None:
-    """Score every pair with its prompt run once per row: a row is the prompt followed by each of
-    its answers (without its end token, whose successor is never scored); each answer attends to
-    the prompt and to its own earlier tokens only (4D mask) and its positions continue the prompt's,
-    so every answer sees exactly the sequence ``encode_qa`` builds. The prompt's last position
-    predicts every answer's first token. Fills ``logp_out[i]``/``hit_out[i]`` per pair."""
+def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
+    """Score every pair from a prefix tree of its row: each distinct prefix of the rows' sequences
+    (prompt + answer without its end token, whose successor is never scored) is one position, at
+    its depth, attending to exactly its ancestors (4D mask). So a prompt runs once for all its
+    answers, prompts that begin alike share that beginning, and every token still sees exactly
+    the sequence ``encode_qa`` builds. Fills ``logp_out[i]``/``hit_out[i]`` per pair."""
     device = model_device(model)
     dtype = next(model.parameters()).dtype
-    for batch in _packed_rows(pairs, batch_size):
-        width = max(len(p) + sum(len(pairs[i][1]) - 1 for i in idx) for p, idx in batch)
+    for batch in _tree_rows(pairs, batch_size):
+        trees = []  # per row: tokens, depths, parents (-1: none), and per pair the node predicting each label
+        for idx in batch:
+            children: list[dict[int, int]] = [{}]  # node 0 is the empty prefix (not a position)
+            tokens, depths, parents, reads = [], [], [], []
+            for i in idx:
+                p, a = pairs[i]
+                node, path = 0, []
+                for depth, t in enumerate(p + a[:-1]):
+                    nxt = children[node].get(t)
+                    if nxt is None:
+                        nxt = len(children)
+                        children.append({})
+                        children[node][t] = nxt
+                        tokens.append(t)
+                        depths.append(depth)
+                        parents.append(node - 1)
+                    path.append(nxt - 1)
+                    node = nxt
+                reads.append((i, path[len(p) - 1 :], a))  # the prompt's last position predicts the first label
+            trees.append((tokens, depths, parents, reads))
+        width = max(len(t[0]) for t in trees)
+        base = min(min(r[1][0] for r in t[3]) for t in trees)  # first position whose logits are needed
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         pos = torch.zeros((len(batch), width), dtype=torch.long)
-        seg = torch.full((len(batch), width), -1, dtype=torch.long)  # 0 prompt, j+1 answer j, -1 padding
-        base = min(len(p) for p, _ in batch) - 1  # first position whose logits are needed
+        allowed = np.zeros((len(batch), width, width), dtype=bool)
+        allowed[:, np.arange(width), np.arange(width)] = True  # every position (padding too) sees itself
         rows, cols, targets, owners = [], [], [], []
-        for r, (p, idx) in enumerate(batch):
-            n = len(p)
-            ids[r, :n] = torch.tensor(p)
-            pos[r, :n] = torch.arange(n)
-            seg[r, :n] = 0
-            start = n
-            for j, i in enumerate(idx):
-                a = pairs[i][1]
-                body = len(a) - 1
-                ids[r, start : start + body] = torch.tensor(a[:-1])
-                pos[r, start : start + body] = torch.arange(n, n + body)
-                seg[r, start : start + body] = j + 1
+        for r, (tokens, depths, parents, reads) in enumerate(trees):
+            n = len(tokens)
+            ids[r, :n] = torch.tensor(tokens)
+            pos[r, :n] = torch.tensor(depths)
+            for node, parent in enumerate(parents):  # parents precede children: ancestors are complete
+                if parent >= 0:
+                    allowed[r, node, :node] = allowed[r, parent, :node]
+            for i, path, a in reads:
                 rows += [r] * len(a)
-                cols += [n - 1 - base, *range(start - base, start + body - base)]
+                cols += [c - base for c in path]
                 targets += a
                 owners.append((i, len(a)))
-                start += body
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        allowed = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])) & (seg[:, None, :] >= 0)
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
         logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
                        use_cache=False, logits_to_keep=width - base).logits
         picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float()
@@ -247,8 +273,7 @@ def _score_packed(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
             at += n
 
 
-def _score_plain(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int, pad: int,
-                 logp_out: list, hit_out: list) -> None:
+def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
     """Score each pair as one right-padded sequence (any causal LM)."""
     examples = [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in pairs]
     device = model_device(model)
