@@ -142,18 +142,18 @@ def scoring_ratios(setup, model, repeats: int, sample: int) -> None:
     step = max(1, n // sample)
     picked = list(range(0, n, step))[:sample]
     budget = bench.max_new_tokens
-    per_item = median_time(lambda: [greedy_answers(model, tok, [gold_p[i]], budget, batch_size=1) for i in picked],
-                           max(1, repeats // 2)) / len(picked)
     gens = greedy_answers(model, tok, gold_p, budget)
-    times = interleaved({"em": lambda: score_answers(model, tok, gold_p, gold_a),
+    times = interleaved({"generate": lambda: [greedy_answers(model, tok, [gold_p[i]], budget, batch_size=1) for i in picked],
+                         "em": lambda: score_answers(model, tok, gold_p, gold_a),
                          "em+fc": lambda: score_answers(model, tok, gold_p + fc_p, gold_a + fc_a),
                          "all": lambda: score_answers(model, tok, all_p, all_a),
                          "all_plain": lambda: score_answers(model, tok, all_p, all_a, shared_prefix=False)}, repeats)
+    per_item = times["generate"] / len(picked)
     exact = score_answers(model, tok, gold_p, gold_a).exact
     disagree = int(sum(bool(e) != (g == a) for e, g, a in zip(exact, gens, gold_a)))
     n_tokens = sum(len(tok(p).input_ids) for p in dict.fromkeys(all_p))
     print(f"2. scoring: {n} prompts ({n_tokens} prompt tokens), {len(all_p)} distinct prompt-answer pairs; "
-          f"per-item generate {1e3 * per_item:.2f} ms/prompt (sample of {len(picked)})")
+          f"per-item generate {1e3 * per_item:.2f} ms/prompt (sample of {len(picked)}, interleaved with the scoring below)")
     for key, label in (("em", "em (gold answers)"), ("em+fc", "em + forced choice"), ("all", "every pair of the stage")):
         print(f"   teacher-forced {label}: {1e3 * times[key] / n:.3f} ms/prompt -> {per_item * n / times[key]:.1f}x faster "
               "than per-item generate")
