@@ -10,7 +10,7 @@ import numpy as np
 
 from bench.benchmark import Benchmark, QAItem
 from bench.metrics import prob_normalised, rouge_l_recall, truth_ratio
-from bench.scoring import greedy_answers, score_answers
+from bench.scoring import exact_generation, greedy_answers, score_answers
 
 # Record split name -> (benchmark split, phrasing). Paraphrases were never trained.
 SPLIT_VIEWS: dict[str, tuple[str, Literal["question", "paraphrase"]]] = {
@@ -52,19 +52,27 @@ def forced_choice(option_logprobs: np.ndarray, items: Sequence[QAItem]) -> np.nd
     return (option_logprobs.argmax(axis=1) == gold) & unique_best
 
 
+def option_pairs(bench: Benchmark, items: Sequence[QAItem], phrasing: str = "question") -> tuple[list[str], list[str]]:
+    """(prompts, answers) of every option of every item, item by item: what forced choice scores."""
+    ps = prompts(bench, items, phrasing)
+    return [p for p, it in zip(ps, items) for _ in it.options], [o for it in items for o in it.options]
+
+
 def mcq_correct(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], phrasing: str = "question", batch_size: int = 64) -> np.ndarray:
     """Forced choice: the option whose answer tokens (end token excluded) have the highest summed
     log-probability wins (ties count wrong)."""
-    ps = prompts(bench, items, phrasing)
     k = len(items[0].options)
-    flat = score_answers(model, tokenizer, [p for p in ps for _ in range(k)],
-                         [o for it in items for o in it.options], batch_size).option_logprob.reshape(len(items), k)
-    return forced_choice(flat, items)
+    flat = score_answers(model, tokenizer, *option_pairs(bench, items, phrasing), batch_size).option_logprob
+    return forced_choice(flat.reshape(len(items), k), items)
 
 
 def score_items(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], phrasing: str, batch_size: int = 64,
-                max_new_tokens: int | None = None) -> ItemScores:
+                max_new_tokens: int | None = None, skip_exact_generations: bool = True) -> ItemScores:
     """Score ``items`` asked in ``phrasing``; greedy generations get ``bench.max_new_tokens`` unless given.
+
+    Where em is already true, greedy decoding provably gives the gold answer, so its generation is
+    taken from the answer's tokens instead of generated (``bench.scoring.exact_generation``;
+    ``skip_exact_generations=False`` generates every item, for the equality tests and bench/perf).
 
     Each distinct (prompt, answer) pair (gold, paraphrased answer, perturbed, options) is scored
     once. The truth ratio's true side is the paraphrased answer where an item has one (TOFU),
@@ -80,10 +88,16 @@ def score_items(model, tokenizer, bench: Benchmark, items: Sequence[QAItem], phr
     scored = score_answers(model, tokenizer, [p for p, _ in pairs], [a for _, a in pairs], batch_size)
     gold_idx = [pairs[(p, it.answer)] for p, it in zip(ps, items)]
     gold_mean = scored.mean_logprob[gold_idx]
-    gens = greedy_answers(model, tokenizer, ps, max_new_tokens or bench.max_new_tokens, batch_size)
+    em = scored.exact[gold_idx].astype(bool)
+    budget = max_new_tokens or bench.max_new_tokens
+    known = [exact_generation(tokenizer, it.answer, budget) if e and skip_exact_generations else None
+             for it, e in zip(items, em)]
+    todo = [i for i, g in enumerate(known) if g is None]
+    generated = iter(greedy_answers(model, tokenizer, [ps[i] for i in todo], budget, batch_size))
+    gens = [g if g is not None else next(generated) for g in known]
     scores = ItemScores(
         ids=[it.id for it in items],
-        em=scored.exact[gold_idx].astype(bool),
+        em=em,
         answer_prob=np.exp(gold_mean),
         token_logprobs=[scored.token_logprobs[i] for i in gold_idx],
         mcq_correct=None,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from bench.data import Batch
 from bench.reference import frozen_copy
 from bench.distributions import answer_logits
-from bench.scoring import mean_nll
+from bench.scoring import mean_nll, paired_mean_nll
 
 RETAIN_LOSSES = ("nll", "kl")
 
@@ -80,3 +80,10 @@ class RetainTerm:
         if self._frozen is None:
             raise RuntimeError(f"{type(self).__name__}.retain_term(kl) called before prepare(): no frozen copy")
         return kl_to_reference(model, self._frozen, batch)
+
+    def forget_nll_and_retain_term(self, model: torch.nn.Module, forget: Batch, retain: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean_nll`` of the forget batch and the retain term; with ``retain_loss: nll`` both come from
+        one forward over the two batches (``bench.scoring.paired_mean_nll``)."""
+        if self.retain_loss == "nll":
+            return paired_mean_nll(model, forget, retain)
+        return mean_nll(model, forget), self.retain_term(model, retain)

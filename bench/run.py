@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import huggingface_hub
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method
@@ -46,7 +47,7 @@ from bench.record import code_version, config_hash, move_aside, provenance, read
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block
 from bench.settings import did_you_mean, parse_arguments, parse_settings
 from bench.scoring import score_answers
-from bench.items import mcq_correct, prompts
+from bench.items import forced_choice, mcq_correct, option_pairs, prompts
 from bench.stage_cache import cached_stage, stage_identity
 from bench.suites import (Row, SuiteContext, available_suites, check_suites_against_model, evaluate_suites,
                           validate_settings)
@@ -146,6 +147,30 @@ class StopRule:
             assert oracle_mcq is not None
             return oracle_mcq + self.margin
         return self.value
+
+
+class StopCheck:
+    """What the stopping rule measures at each check: forget mcq_acc (forced choice) and retain em.
+
+    The pairs are built once per unlearning call and scored in one ``score_answers`` call: the
+    forget options share their prompt's pass, tokenisation is cached, so a check costs one pass
+    over each forget prompt with its options plus one over each retain question (bench/perf)."""
+
+    def __init__(self, bench: Benchmark, tokenizer, forget: list[QAItem], retain: list[QAItem], retain_items: int | None = None):
+        if retain_items is not None and retain_items < len(retain):  # evenly spread, so every part of the split counts
+            retain = [retain[i] for i in sorted({round(x) for x in np.linspace(0, len(retain) - 1, retain_items)})]
+        self.tokenizer, self.forget, self.retain = tokenizer, forget, retain
+        self.prompts, self.answers = option_pairs(bench, forget)
+        self.n_options = len(self.prompts)
+        self.prompts += prompts(bench, retain, "question")
+        self.answers += [it.answer for it in retain]
+
+    def __call__(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(forget mcq_acc, retain em; NaN without retain items)."""
+        scored = score_answers(model, self.tokenizer, self.prompts, self.answers)
+        options = scored.option_logprob[: self.n_options].reshape(len(self.forget), -1)
+        retain_em = float(scored.exact[self.n_options :].mean()) if self.retain else float("nan")
+        return float(forced_choice(options, self.forget).mean()), retain_em
 
 
 @dataclass
@@ -386,10 +411,10 @@ class Run:
         trace: list[dict[str, Any]] = []
         bench, tok = self.bench, self.tokenizer
 
+        check = StopCheck(bench, tok, forget, retain, self.settings.unlearn.check_retain)
+
         def should_stop(model, step: int) -> bool:
-            acc = float(mcq_correct(model, tok, bench, forget).mean())
-            retain_em = float(score_answers(model, tok, prompts(bench, retain, "question"),
-                                            [it.answer for it in retain]).exact.mean()) if retain else float("nan")
+            acc, retain_em = check(model)
             trace.append({"step": step, "forget_mcq_acc": acc, "retain_em": retain_em})
             return acc <= target
 

@@ -25,7 +25,10 @@ class UnlearnSettings:
     stop_at: the forget mcq_acc at which unlearning stops. ``auto`` = chance + stop_margin;
     ``oracle`` = the oracle's forget mcq_acc on the same items + stop_margin (matched to the
     retrained model); ``chance`` = at or below chance (the Ssiuu paper's rule); a number in
-    [0, 1]; null = fixed-step mode (no stopping rule).
+    [0, 1]; null = fixed-step mode (no stopping rule). check_retain: how many retain items (evenly
+    spread over the split) each check scores for the stop trace's retain em; null = every one. The
+    stopping rule itself reads only forget mcq; the trace's retain em is most of a check's cost and
+    grows with the world (README "Speed").
     """
 
     max_steps: int = bounded(300, ge=1)
@@ -35,6 +38,7 @@ class UnlearnSettings:
     check_every: int = bounded(5, ge=1)
     stop_at: Literal["auto", "oracle", "chance"] | float | None = "auto"
     stop_margin: float = bounded(0.05, ge=0, lt=1)
+    check_retain: int | None = bounded(None, ge=1)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_at, float) and not 0 <= self.stop_at <= 1:

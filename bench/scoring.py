@@ -3,11 +3,14 @@
 Exact match is computed teacher-forced: the greedy answer equals the gold answer (followed by
 the end token) exactly when the argmax at every gold answer position is the gold token, so one
 batched forward pass gives greedy decoding's verdict (tests/test_scoring.py checks this
-against ``model.generate``).
+against ``model.generate``). The answers of one prompt (gold, perturbed, options) are scored from a
+single pass over the prompt (``score_answers``, shared prefix; tests/test_fast_paths.py checks it
+against scoring each pair on its own).
 """
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data import Batch, batches_in_order, encode_prompt, encode_qa, pad_id
+from bench.data import IGNORE, Batch, answer_text, batches_in_order, encode_prompt, pad_id
 from bench.distributions import answer_logits
 from bench.memory import fitting
 
@@ -51,6 +54,33 @@ def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, 
     return logp * mask, hit | ~mask, mask
 
 
+def paired_token_logprobs(model: torch.nn.Module, first: Batch, second: Batch
+                          ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``token_logprobs``' log-probs and mask of two batches from one forward over both (the forget and
+    retain halves of a step: one pass instead of two; on the tiny CPU model it saves under 2% of a step,
+    more where per-call overhead matters, e.g. small batches on an accelerator). Each row is right-padded
+    to the wider batch; padding changes no row's values beyond float noise (tests/test_fast_paths.py
+    checks losses and gradients against two forwards)."""
+    width = max(first.input_ids.shape[1], second.input_ids.shape[1])
+
+    def widen(t: torch.Tensor, fill: int) -> torch.Tensor:
+        return F.pad(t, (0, width - t.shape[1]), value=fill)
+
+    # Padding is right of every real token and masked, so its token id (0) never reaches a scored position.
+    both = Batch(torch.cat([widen(first.input_ids, 0), widen(second.input_ids, 0)]),
+                 torch.cat([widen(first.attention_mask, 0), widen(second.attention_mask, 0)]),
+                 torch.cat([widen(first.labels, IGNORE), widen(second.labels, IGNORE)]),
+                 torch.cat([first.index, second.index]))
+    logp, _, mask = token_logprobs(model, both)
+    n = first.input_ids.shape[0]
+    return (logp[:n], mask[:n]), (logp[n:], mask[n:])
+
+
+def paired_mean_nll(model: torch.nn.Module, first: Batch, second: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean_nll`` of each of two batches, from one forward (``paired_token_logprobs``)."""
+    return tuple(-logp.sum() / mask.sum().clamp(min=1) for logp, mask in paired_token_logprobs(model, first, second))
+
+
 def sequence_logprob(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of answer-token log-probs per row and the number of answer tokens (differentiable)."""
     logp, _, mask = token_logprobs(model, batch)
@@ -71,6 +101,7 @@ class AnswerScores:
     n_tokens: np.ndarray
     exact: np.ndarray  # bool: greedy decoding would produce exactly this answer then stop
     token_logprobs: list[np.ndarray]  # every labelled token: the answer tokens, then the end token
+    unshared: int = 0  # pairs scored without sharing their prompt's pass (a model without the packed layout)
 
     @property
     def mean_logprob(self) -> np.ndarray:
@@ -95,24 +126,195 @@ class AnswerScores:
         return np.array([lp.sum(dtype=np.float64) for lp in self.answer_logprobs])
 
 
-@torch.no_grad()
-def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> AnswerScores:
-    """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches."""
-    examples = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+class _Encodings:
+    """Token ids of prompts and answers, each text tokenised once per tokenizer (the stopping rule
+    scores the same options every few steps; re-tokenising them was a fifth of a scoring call).
+
+    ``pair(p, a)`` is ``(encode_prompt(p), answer ids + end token)``, exactly ``encode_qa``'s two halves."""
+
+    _by_tokenizer: "weakref.WeakKeyDictionary[object, _Encodings]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.prompts: dict[tuple[str, str | None], tuple[int, ...]] = {}
+        self.answers: dict[tuple[str, str | None], tuple[int, ...]] = {}
+
+    @classmethod
+    def of(cls, tokenizer) -> "_Encodings":
+        try:
+            return cls._by_tokenizer.setdefault(tokenizer, cls(tokenizer))
+        except TypeError:  # a tokenizer that cannot be weakly referenced: no cache across calls
+            return cls(tokenizer)
+
+    def prompt(self, prompt: str) -> tuple[int, ...]:
+        # The chat template decides how both halves are encoded, and a tokenizer may gain or lose it.
+        key = (prompt, getattr(self.tokenizer, "chat_template", None))
+        ids = self.prompts.get(key)
+        if ids is None:
+            ids = self.prompts[key] = tuple(encode_prompt(self.tokenizer, prompt))
+        return ids
+
+    def answer(self, answer: str) -> tuple[int, ...]:
+        key = (answer, getattr(self.tokenizer, "chat_template", None))
+        ids = self.answers.get(key)
+        if ids is None:
+            text = self.tokenizer(answer_text(self.tokenizer, answer), add_special_tokens=False).input_ids
+            ids = self.answers[key] = (*text, self.tokenizer.eos_token_id)
+        return ids
+
+    def pair(self, prompt: str, answer: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return self.prompt(prompt), self.answer(answer)
+
+
+def shares_prefix(model: torch.nn.Module) -> bool:
+    """Whether ``model`` takes the packed layout of ``_score_packed``: a Llama with eager or SDPA
+    attention, which honours a custom 4D attention mask and explicit position ids (other
+    architectures may drop the mask, e.g. sliding-window or flash attention; they take the plain path)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) == "llama"
+            and getattr(config, "_attn_implementation", None) in ("sdpa", "eager"))
+
+
+Pairs = Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def _tree_rows(pairs: Pairs, batch_size: int) -> list[list[list[int]]]:
+    """Batches of rows of pair indices. Pairs are sorted by their token sequence, so sequences with a
+    common start (a prompt's answers; prompts that begin alike) are neighbours, and a row takes pairs
+    while its prefix tree stays within ``max(128, 2 × the longest pair)`` nodes (dense attention over a
+    row costs its width squared). A batch takes rows while rows × widest row stays within
+    ``batch_size`` × the longest pair, the plain path's largest batch (a row too), so no forward holds
+    more positions than a plain one."""
+    seqs = {i: p + a[:-1] for i, (p, a) in enumerate(pairs)}
+    longest = max(len(p) + len(a) for p, a in pairs)
+    budget = batch_size * longest
+    row_cap = min(max(128, 2 * longest), budget)  # >= longest: every pair fits a row of its own
+    rows: list[tuple[list[int], int]] = []
+    prev: tuple[int, ...] = ()
+    for i in sorted(seqs, key=seqs.__getitem__):
+        seq = seqs[i]
+        shared = 0  # in sorted order, the longest prefix shared with any earlier sequence is with the last one
+        while shared < min(len(seq), len(prev)) and seq[shared] == prev[shared]:
+            shared += 1
+        if rows and rows[-1][1] + len(seq) - shared <= row_cap:
+            rows[-1][0].append(i)
+            rows[-1] = (rows[-1][0], rows[-1][1] + len(seq) - shared)
+        else:
+            rows.append(([i], len(seq)))
+        prev = seq
+    batches: list[list[list[int]]] = []
+    batch: list[list[int]] = []
+    width = 0
+    for idx, n in rows:
+        if batch and (len(batch) + 1) * max(width, n) > budget:
+            batches.append(batch)
+            batch, width = [], 0
+        batch.append(idx)
+        width = max(width, n)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
+    """Score every pair from a prefix tree of its row: each distinct prefix of the rows' sequences
+    (prompt + answer without its end token, whose successor is never scored) is one position, at
+    its depth, attending to exactly its ancestors (4D mask). So a prompt runs once for all its
+    answers, prompts that begin alike share that beginning, and every token still sees exactly
+    the sequence ``encode_qa`` builds. Fills ``logp_out[i]``/``hit_out[i]`` per pair."""
     device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    for batch in _tree_rows(pairs, batch_size):
+        trees = []  # per row: tokens, depths, parents (-1: none), and per pair the node predicting each label
+        for idx in batch:
+            children: list[dict[int, int]] = [{}]  # node 0 is the empty prefix (not a position)
+            tokens, depths, parents, reads = [], [], [], []
+            for i in idx:
+                p, a = pairs[i]
+                node, path = 0, []
+                for depth, t in enumerate(p + a[:-1]):
+                    nxt = children[node].get(t)
+                    if nxt is None:
+                        nxt = len(children)
+                        children.append({})
+                        children[node][t] = nxt
+                        tokens.append(t)
+                        depths.append(depth)
+                        parents.append(node - 1)
+                    path.append(nxt - 1)
+                    node = nxt
+                reads.append((i, path[len(p) - 1 :], a))  # the prompt's last position predicts the first label
+            trees.append((tokens, depths, parents, reads))
+        width = max(len(t[0]) for t in trees)
+        base = min(min(r[1][0] for r in t[3]) for t in trees)  # first position whose logits are needed
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        pos = torch.zeros((len(batch), width), dtype=torch.long)
+        allowed = np.zeros((len(batch), width, width), dtype=bool)
+        allowed[:, np.arange(width), np.arange(width)] = True  # every position (padding too) sees itself
+        rows, cols, targets, owners = [], [], [], []
+        for r, (tokens, depths, parents, reads) in enumerate(trees):
+            n = len(tokens)
+            ids[r, :n] = torch.tensor(tokens)
+            pos[r, :n] = torch.tensor(depths)
+            for node, parent in enumerate(parents):  # parents precede children: ancestors are complete
+                if parent >= 0:
+                    allowed[r, node, :node] = allowed[r, parent, :node]
+            for i, path, a in reads:
+                rows += [r] * len(a)
+                cols += [c - base for c in path]
+                targets += a
+                owners.append((i, len(a)))
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
+        logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
+                       use_cache=False, logits_to_keep=width - base).logits
+        picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float()
+        tgt = torch.tensor(targets, device=device)
+        logp = torch.gather(F.log_softmax(picked, dim=-1), 1, tgt[:, None]).squeeze(1).cpu()
+        hit = (picked.argmax(-1) == tgt).cpu()
+        at = 0
+        for i, n in owners:
+            logp_out[i], hit_out[i] = logp[at : at + n], hit[at : at + n]
+            at += n
 
-    def scored(size: int) -> AnswerScores:  # the whole pass at one batch size (bench.memory)
-        sums, counts, exact, per_token = [], [], [], []
+
+def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
+    """Score each pair as one right-padded sequence (any causal LM)."""
+    examples = [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in pairs]
+    device = model_device(model)
+    for batch in batches_in_order(examples, batch_size, pad):
+        logp, hit, mask = token_logprobs(model, batch.to(device))
+        for i, lp, h, m in zip(batch.index.tolist(), logp.cpu(), hit.cpu(), mask.cpu()):
+            logp_out[i], hit_out[i] = lp[m], h[m]
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64,
+                  shared_prefix: bool = True) -> AnswerScores:
+    """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches of ``batch_size`` pairs.
+
+    Each pair is the token ids ``encode_qa`` builds (prompt and answer tokenised separately, so the
+    prompt's ids are always a true prefix of the pair's). With ``shared_prefix`` (and a model that
+    takes the packed layout, ``shares_prefix``) the answers of one prompt are scored from a single
+    pass over the prompt; otherwise each pair is its own sequence. Both give the same numbers to
+    float tolerance (tests/test_scoring.py); ``AnswerScores.unshared`` counts the pairs scored the
+    plain way.
+    """
+    enc = _Encodings.of(tokenizer)
+    pairs = [enc.pair(p, a) for p, a in zip(prompts, answers, strict=True)]
+    n = len(pairs)
+    logp: list = [None] * n
+    hit: list = [None] * n
+    packed = shared_prefix and shares_prefix(model) and all(len(p) > 0 for p, _ in pairs)
+
+    def scored(size: int) -> None:  # the whole pass at one batch size (bench.memory: retried smaller on OOM)
         with eval_mode(model):
-            for batch in batches_in_order(examples, size, pad_id(tokenizer)):
-                logp, hit, mask = token_logprobs(model, batch.to(device))
-                sums.append(logp.sum(-1).cpu())
-                counts.append(mask.sum(-1).cpu())
-                exact.append(hit.all(-1).cpu())
-                per_token += [row[m].cpu().numpy() for row, m in zip(logp, mask)]
-        return AnswerScores(torch.cat(sums).double().numpy(), torch.cat(counts).numpy(), torch.cat(exact).numpy(), per_token)
+            (_score_packed if packed else _score_plain)(model, pairs, size, pad_id(tokenizer), logp, hit)
 
-    return fitting(scored, batch_size)
+    fitting(scored, batch_size)
+    per_token = [lp.numpy() for lp in logp]
+    return AnswerScores(np.array([float(lp.sum()) for lp in logp], dtype=np.float64),
+                        np.array([len(lp) for lp in logp], dtype=np.int64),
+                        np.array([bool(h.all()) for h in hit], dtype=bool), per_token, unshared=0 if packed else n)
 
 
 @torch.no_grad()
@@ -138,3 +340,14 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
         return out
 
     return fitting(generated, batch_size)
+
+
+def exact_generation(tokenizer, answer: str, max_new_tokens: int) -> str | None:
+    """What ``greedy_answers`` returns for a prompt after which ``answer`` scored ``exact``, without
+    generating: greedy decoding then emits the answer's tokens and the end token (the definition of
+    ``exact``), so its text is their decoding. None where that is not provably so: the answer is
+    longer than ``max_new_tokens`` (the generation would be cut) or holds the end token itself."""
+    ids = _Encodings.of(tokenizer).answer(answer)[:-1]
+    if len(ids) > max_new_tokens or tokenizer.eos_token_id in ids:
+        return None
+    return tokenizer.decode(list(ids), skip_special_tokens=True).strip()

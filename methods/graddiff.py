@@ -11,7 +11,6 @@ from typing import ClassVar
 
 from bench.method import LossMethod
 from bench.retain import RetainTerm
-from bench.scoring import mean_nll
 
 
 @dataclass
@@ -29,4 +28,5 @@ class GradDiff(RetainTerm, LossMethod):
             raise ValueError(f"GradDiff: alpha must be >= 0, got {self.alpha}")
 
     def loss(self, model, batch):
-        return -mean_nll(model, batch.forget) + self.alpha * self.retain_term(model, batch.retain)
+        forget, retain = self.forget_nll_and_retain_term(model, batch.forget, batch.retain)
+        return -forget + self.alpha * retain

@@ -45,6 +45,7 @@ BAD = [
     (["unlearn.stop_at=often"], ["unlearn.stop_at", "'oracle'"]),
     (["unlearn.stop_at=2"], ["unlearn.stop_at", "[0, 1]"]),
     (["unlearn.stop_margin=1.5"], ["unlearn.stop_margin"]),
+    (["unlearn.check_retain=0"], ["unlearn.check_retain"]),
     (["unlearn.grad_clip=0"], ["unlearn.grad_clip"]),
     (["continual.requests=x"], ["continual.requests", "integer"]),
     (["continual.requests=99"], ["continual.requests=99", "at most"]),

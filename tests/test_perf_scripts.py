@@ -54,3 +54,13 @@ def test_device_check_smoke_mode_writes_its_report(tmp_path, monkeypatch):
         assert case["knowledge"]["unlearned/forget/mcq_acc"] >= 0 and case["relearn"], case["model"]
     assert report["bf16_vs_fp32"]["micro"]["rows"] > 0
     assert "tokens/s" in (tmp_path / "out" / "device_check.txt").read_text()
+
+
+def test_speed_ratios_run(tmp_path, capsys):
+    from bench.perf.__main__ import main
+
+    main(["--steps", "1", "--warmup", "0", "--repeats", "1", "--sample", "2", "--people", "12", "+experiment=micro",
+          f"cache_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    for part in ("HF Trainer", "per-item generate", "disagreements", "ms/prompt", "12 people"):
+        assert part in out

@@ -1,0 +1,136 @@
+"""The fast paths give the numbers of the plain ones: shared-prefix scoring, cached tokenisation,
+one forward over forget + retain, skipped generations, the stopping check's single call."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import BatchStream, encode_qa, pad_id, qa_examples
+from bench.items import SPLIT_VIEWS, forced_choice, mcq_correct, option_pairs, prompts, score_items
+from bench.scoring import _Encodings, exact_generation, greedy_answers, mean_nll, paired_mean_nll, score_answers
+
+
+def _all_pairs(bench, items):
+    """Every (prompt, answer) pair the knowledge suite scores, duplicates kept (the gold answer is an option)."""
+    ps, ans = [], []
+    for it in items:
+        for a in (it.answer, *it.perturbed, *it.options):
+            ps.append(bench.prompt(it.question))
+            ans.append(a)
+    return ps, ans
+
+
+@pytest.mark.parametrize("batch_size", [64, 3])  # 3 < options per prompt: a prompt's answers span rows and batches
+def test_shared_prefix_scores_equal_plain_scores(trained_micro, micro_bench, tokenizer, batch_size):
+    ps, ans = _all_pairs(micro_bench, micro_bench.items)
+    shared = score_answers(trained_micro, tokenizer, ps, ans, batch_size=batch_size)
+    plain = score_answers(trained_micro, tokenizer, ps, ans, batch_size=batch_size, shared_prefix=False)
+    assert shared.unshared == 0 and plain.unshared == len(ps)
+    assert (shared.n_tokens == plain.n_tokens).all()
+    assert (shared.exact == plain.exact).all() and 0 < shared.exact.sum() < len(ps)  # both verdicts occur
+    assert np.abs(shared.option_logprob - plain.option_logprob).max() < 1e-5
+    assert np.abs(shared.sum_logprob - plain.sum_logprob).max() < 1e-5
+    assert max(np.abs(a - b).max() for a, b in zip(shared.token_logprobs, plain.token_logprobs)) < 1e-5
+    items = micro_bench.items
+    k = len(items[0].options)
+    picks = [forced_choice(s.option_logprob.reshape(len(items), -1)[:, -k:], items) for s in (shared, plain)]
+    assert (picks[0] == picks[1]).all()
+
+
+def test_shared_prefix_exact_equals_greedy_generation(trained_micro, micro_bench, tokenizer):
+    # Every answer a greedy decoder could give (gold and perturbed), one per prompt position: 0 disagreements.
+    items = micro_bench.items
+    ps, ans = _all_pairs(micro_bench, items)
+    exact = score_answers(trained_micro, tokenizer, ps, ans, batch_size=16).exact
+    generated = dict(zip(dict.fromkeys(ps), greedy_answers(trained_micro, tokenizer, list(dict.fromkeys(ps)), max_new_tokens=6)))
+    greedy = np.array([generated[p] == a for p, a in zip(ps, ans)])
+    assert greedy.any() and (exact == greedy).all()
+
+
+def test_a_model_without_the_packed_layout_falls_back_and_counts_it(trained_micro, micro_bench, tokenizer):
+    ps, ans = _all_pairs(micro_bench, micro_bench.items[:4])
+
+    class Wrapper(torch.nn.Module):  # a model the packed layout does not know (no Llama config): plain path
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kwargs):
+            return self.inner(**kwargs)
+
+    fallback = score_answers(Wrapper(trained_micro), tokenizer, ps, ans)
+    shared = score_answers(trained_micro, tokenizer, ps, ans)
+    assert fallback.unshared == len(ps) and shared.unshared == 0
+    assert np.abs(fallback.sum_logprob - shared.sum_logprob).max() < 1e-5
+
+
+def test_cached_tokenisation_is_encode_qa(micro_bench, tokenizer):
+    enc = _Encodings.of(tokenizer)
+    assert _Encodings.of(tokenizer) is enc  # one cache per tokenizer
+    for p, a in zip(*_all_pairs(micro_bench, micro_bench.items)):
+        ids, labels = encode_qa(tokenizer, p, a)
+        prompt, answer = enc.pair(p, a)
+        assert list(prompt) + list(answer) == ids and labels == [-100] * len(prompt) + list(answer)
+
+
+def test_paired_forward_gives_the_losses_and_gradients_of_two(trained_micro, micro_bench, tokenizer):
+    forget = next(iter(BatchStream(qa_examples(tokenizer, micro_bench, micro_bench.split("forget")), 5, pad_id(tokenizer), 0)))
+    retain = next(iter(BatchStream(qa_examples(tokenizer, micro_bench, micro_bench.split("retain")), 7, pad_id(tokenizer), 1)))
+    model = copy.deepcopy(trained_micro).train()
+    grads = []
+    for paired in (False, True):
+        model.zero_grad()
+        f, r = paired_mean_nll(model, forget, retain) if paired else (mean_nll(model, forget), mean_nll(model, retain))
+        (-f + 0.7 * r).backward()
+        grads.append(([float(f.detach()), float(r.detach())], [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert max(float((a - b).abs().max()) for a, b in zip(grads[0][1], grads[1][1])) < 1e-5
+
+
+def test_skipped_generations_leave_every_item_score_unchanged(trained_micro, micro_bench, tokenizer):
+    skipped = 0
+    for split, (source, phrasing) in SPLIT_VIEWS.items():
+        items = micro_bench.split(source)
+        if not items or (phrasing == "paraphrase" and not items[0].paraphrase):
+            continue
+        fast = score_items(trained_micro, tokenizer, micro_bench, items, phrasing, batch_size=8)
+        full = score_items(trained_micro, tokenizer, micro_bench, items, phrasing, batch_size=8, skip_exact_generations=False)
+        assert fast.generations == full.generations, split
+        assert (fast.rouge_recall == full.rouge_recall).all() and (fast.em == full.em).all()
+        skipped += int(fast.em.sum())
+    assert skipped > 0  # the skip was exercised
+
+
+def test_exact_generation_refuses_a_cut_answer(tokenizer):
+    assert exact_generation(tokenizer, "Paris", 8) == "Paris"
+    long = "Paris " * 10
+    assert exact_generation(tokenizer, long, 3) is None
+
+
+def test_stopping_check_pairs_give_mcq_correct_and_retain_em(trained_micro, micro_bench, tokenizer):
+    # bench.run's check scores forget options and retain answers in one call: same verdicts as separately.
+    forget, retain = micro_bench.split("forget"), micro_bench.split("retain")
+    ps, ans = option_pairs(micro_bench, forget)
+    n = len(ps)
+    scored = score_answers(trained_micro, tokenizer, ps + prompts(micro_bench, retain, "question"), ans + [it.answer for it in retain])
+    acc = forced_choice(scored.option_logprob[:n].reshape(len(forget), -1), forget)
+    assert (acc == mcq_correct(trained_micro, tokenizer, micro_bench, forget)).all()
+    alone = score_answers(trained_micro, tokenizer, prompts(micro_bench, retain, "question"), [it.answer for it in retain])
+    assert (scored.exact[n:] == alone.exact).all()
+
+
+def test_stop_check_can_cap_the_retain_items_it_traces(trained_micro, micro_bench, tokenizer):
+    from bench.run import StopCheck
+
+    forget, retain = micro_bench.split("forget"), micro_bench.split("retain")
+    full = StopCheck(micro_bench, tokenizer, forget, retain)
+    capped = StopCheck(micro_bench, tokenizer, forget, retain, retain_items=5)
+    assert len(capped.retain) == 5 and capped.retain[0] is retain[0] and capped.retain[-1] is retain[-1]
+    acc, _ = full(trained_micro)
+    acc_capped, em_capped = capped(trained_micro)
+    assert acc_capped == acc  # the stopping rule's number does not depend on the cap
+    alone = score_answers(trained_micro, tokenizer, prompts(micro_bench, capped.retain, "question"),
+                          [it.answer for it in capped.retain]).exact.mean()
+    assert em_capped == pytest.approx(alone)
