@@ -127,7 +127,7 @@ def test_bf16_on_a_gpu_without_it_fails_before_compute(tmp_path, monkeypatch):
 
 def test_scoring_batches_shrink_when_the_device_runs_out_of_memory(trained_micro, tokenizer, micro_bench):
     """An out-of-memory error at the configured scoring batch size reruns the pass with smaller batches,
-    with the same scores (bench.memory)."""
+    with the same scores (bench.memory), on the plain layout and on the shared-prefix (packed) one."""
     import torch
 
     from bench.items import prompts
@@ -135,25 +135,28 @@ def test_scoring_batches_shrink_when_the_device_runs_out_of_memory(trained_micro
 
     items = micro_bench.split("retain") * 4  # more rows than one batch of 64
     texts, answers = prompts(micro_bench, items, "question"), [it.answer for it in items]
-    expected = score_answers(trained_micro, tokenizer, texts, answers, batch_size=64)
-    forward, seen = trained_micro.forward, []
+    for shared in (False, True):
+        expected = score_answers(trained_micro, tokenizer, texts, answers, batch_size=64, shared_prefix=shared)
+        forward, seen = trained_micro.forward, []
+        first = None
 
-    def small_memory(*args, **kwargs):
-        rows = kwargs["input_ids"].shape[0]
-        seen.append(rows)
-        if rows > 20:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(*args, **kwargs)
+        def small_memory(*args, **kwargs):
+            nonlocal first
+            positions = kwargs["input_ids"].numel()
+            first = positions if first is None else first
+            seen.append(positions)
+            if positions >= first * 0.5:  # only batches well below the first attempt's size fit
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return forward(*args, **kwargs)
 
-    trained_micro.forward = small_memory
-    try:
-        got = score_answers(trained_micro, tokenizer, texts, answers, batch_size=64)
-    finally:
-        del trained_micro.forward
-    too_big = [rows for rows in seen if rows > 20]  # each failed attempt, 10% smaller than the one before
-    assert too_big[0] == 64 and too_big == sorted(too_big, reverse=True) and seen[-1] <= 20
-    assert got.exact.tolist() == expected.exact.tolist()
-    assert got.sum_logprob == pytest.approx(expected.sum_logprob, abs=1e-5)
+        trained_micro.forward = small_memory
+        try:
+            got = score_answers(trained_micro, tokenizer, texts, answers, batch_size=64, shared_prefix=shared)
+        finally:
+            del trained_micro.forward
+        assert len(seen) > 2 and seen[-1] < first * 0.5, (shared, seen)  # retried smaller until it fit
+        assert got.exact.tolist() == expected.exact.tolist()
+        assert got.sum_logprob == pytest.approx(expected.sum_logprob, abs=1e-5)
 
 
 def test_world_from_torchrun_and_from_srun(monkeypatch):
