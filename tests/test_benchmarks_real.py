@@ -330,7 +330,7 @@ def test_full_run_on_tofu_fixture(tmp_path):
 
 
 @pytest.mark.parametrize("name, overrides", [
-    ("scienceqa", ["benchmark.holdout_fraction=0.5", "continual.requests=4"]),
+    pytest.param("scienceqa", ["benchmark.holdout_fraction=0.5", "continual.requests=4"], marks=pytest.mark.slow),  # ~23 s
     ("wmdp", ["benchmark.holdout_fraction=0.25", f"benchmark.forget_corpus={FIX / 'wmdp' / 'forget_corpus.jsonl'}"]),
     ("faithun", ["benchmark.holdout_fraction=0.25"])])
 def test_full_run_on_other_fixtures(tmp_path, name, overrides):

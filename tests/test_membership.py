@@ -88,7 +88,7 @@ class ScriptedLM(torch.nn.Module):
         self.table = logits  # [T, V]
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, attention_mask=None, logits_to_keep=0):
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, use_cache=None):
         b, t = input_ids.shape
         out = self.table[:t].unsqueeze(0).expand(b, -1, -1)
         return type("Out", (), {"logits": out[:, -logits_to_keep:] if logits_to_keep else out})()

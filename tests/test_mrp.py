@@ -210,6 +210,7 @@ def test_hooks_attach_to_the_oracle_and_come_off(trained_micro, fresh_micro, unl
     assert projection_of(unlearned_micro) is not None  # the unlearned model itself keeps its hooks
 
 
+@pytest.mark.slow  # moved out of the default run to keep it under 10 minutes on 2 cores; ~40 s
 def test_run_evaluates_the_hook_control_stages(tmp_path_factory):
     from bench.report import build_table, records_frame
     from bench.run import run
