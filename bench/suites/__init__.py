@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from bench.benchmark import Benchmark
-from bench.errors import ConfigError
+from bench.errors import ConfigError, UserError
 from bench.settings import did_you_mean, parse_settings, unknown_key_error
 
 
@@ -116,6 +116,17 @@ class SuiteContext:
     def restore_references(self, saved: Mapping[Any, Any]) -> None:
         """References captured by an earlier, identical stage (the stage cache)."""
         self.references.update(saved)
+
+
+def check_control_stages(suite: str, stages: Sequence[str], verb: str, example: str = "[target,unlearned]",
+                         error: type[UserError] = ConfigError) -> None:
+    """A suite that always runs the oracle as its control takes the other stages in ``stages``:
+    naming the oracle there is an error (one line, before compute)."""
+    from bench.stages import ORACLE
+
+    if ORACLE in stages:
+        raise error(f"suite_settings.{suite}.stages must name stages other than 'oracle' (the oracle is always "
+                    f"{verb} as control), got {list(stages)}; e.g. {example}")
 
 
 def available_suites() -> list[str]:

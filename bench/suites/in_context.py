@@ -38,7 +38,7 @@ from bench.items import forced_choice
 from bench.scoring import score_answers
 from bench.settings import bounded
 from bench.stages import ORACLE, TARGET, UNLEARNED
-from bench.suites import Row, SuiteContext, SuiteOutput
+from bench.suites import Row, SuiteContext, SuiteOutput, check_control_stages
 
 SUITE = "in_context"
 SEPARATOR = "\n\n"
@@ -77,9 +77,7 @@ def available(settings: Settings, bench: Benchmark) -> dict[str, int]:
 
 
 def check(settings: Settings, bench: Benchmark) -> None:
-    if ORACLE in settings.stages:
-        raise ConfigError(f"suite_settings.in_context.stages must name stages other than 'oracle' (the oracle is always "
-                          f"scored as control), got {list(settings.stages)}; e.g. [target,unlearned]")
+    check_control_stages(SUITE, settings.stages, "scored")
     for context, n in available(settings, bench).items():
         if settings.k > n:
             facts = ("other forget facts" + ("" if settings.same_person else " of other people")

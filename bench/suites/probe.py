@@ -44,7 +44,7 @@ from bench.model_parts import block_outputs
 from bench.scoring import eval_mode, model_device
 from bench.settings import bounded
 from bench.stages import ORACLE, TARGET, UNLEARNED
-from bench.suites import Row, SuiteContext, SuiteOutput
+from bench.suites import Row, SuiteContext, SuiteOutput, check_control_stages
 
 SUITE = "probe"
 CV_FOLDS = 5
@@ -64,9 +64,7 @@ class Settings:
 
 
 def check(settings: Settings, bench: Benchmark) -> None:
-    if ORACLE in settings.stages:
-        raise ConfigError(f"suite_settings.probe.stages must name stages other than 'oracle' (the oracle is always probed "
-                          f"as control), got {list(settings.stages)}; e.g. [target,unlearned]")
+    check_control_stages(SUITE, settings.stages, "probed")
     if len(bench.groups("retain")) < 2:
         raise ConfigError("suite_settings.probe: the retain split needs at least 2 people (the probe's cross-validation "
                           "holds people out); use a larger benchmark or drop the probe suite")

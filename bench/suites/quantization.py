@@ -35,7 +35,7 @@ from bench.quantize import bitsandbytes_available, quantized_copy, resolve_backe
 from bench.scoring import model_device
 from bench.settings import bounded
 from bench.stages import ORACLE, TARGET, UNLEARNED
-from bench.suites import Row, SuiteContext, SuiteOutput
+from bench.suites import Row, SuiteContext, SuiteOutput, check_control_stages
 from bench.suites.knowledge import split_values
 
 SUITE = "quantization"
@@ -67,9 +67,7 @@ class Settings:
 
 
 def check(settings: Settings, bench: Benchmark) -> None:
-    if ORACLE in settings.stages:
-        raise ConfigError(f"suite_settings.quantization.stages must name stages other than 'oracle' (the oracle is always "
-                          f"quantized as control), got {list(settings.stages)}; e.g. [target,unlearned]")
+    check_control_stages(SUITE, settings.stages, "quantized")
     if settings.backend == "bitsandbytes" and not bitsandbytes_available():
         raise ConfigError("suite_settings.quantization.backend=bitsandbytes but the bitsandbytes package is not installed; "
                           "install it or use backend=rtn")

@@ -68,7 +68,7 @@ from bench.disk_cache import digest, pickled
 from bench.record import code_version, package_versions
 from bench.settings import bounded
 from bench.stages import ORACLE, TARGET, UNLEARNED
-from bench.suites import Row, SuiteContext, SuiteOutput
+from bench.suites import Row, SuiteContext, SuiteOutput, check_control_stages
 
 
 SUITE = "relearn"
@@ -105,9 +105,7 @@ class Settings:
 def check(settings: Settings, bench: Benchmark) -> None:
     """Attack specs and their fit to the world; the attacked stages."""
     parse_attacks(settings.attacks, bench)
-    if ORACLE in settings.stages:
-        raise AttackConfigError(f"suite_settings.relearn.stages must name stages other than 'oracle' (the oracle is "
-                                f"always attacked as control), got {list(settings.stages)}; e.g. [unlearned]")
+    check_control_stages(SUITE, settings.stages, "attacked", example="[unlearned]", error=AttackConfigError)
 
 
 def stage_label(stage: str, attack: str) -> str:
