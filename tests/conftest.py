@@ -41,6 +41,16 @@ def micro_bench():
                            n_general_facts=4, n_general_text=4, n_heldout_text=2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Micro models and attacks are many small steps: on a shared 2-core machine a second torch thread only
+    contends. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained_micro(micro_bench, tokenizer):
     """A micro model that has learned part of the micro world (some answers right, some wrong)."""

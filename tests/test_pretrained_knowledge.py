@@ -20,12 +20,7 @@ FAST_RTT = ["attack=[rtt]", "attack.rtt.folds=2", "attack.rtt.lrs=[1e-2]", "atta
             "attack.rtt.batch_size=4", "attack.rtt.repeats=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ ATTACKS = ("harmful", "rtt", "benign", "benign_qa", "lora")
 MICRO_ATTACKS = ["attack.rtt.folds=2"] + [f"attack.{a}.{k}={v}".replace(" ", "") for a in ATTACKS for k, v in FAST.items()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Attacks are many small steps: one thread is fastest on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_default_attack_configs_parse_and_fit_the_default_world():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from bench.data import encode_qa, encode_text
 from bench.models import build_base_model, inject_knowledge
@@ -19,13 +18,7 @@ from tests.conftest import MICRO_ARCH
 assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Micro models: on a shared 2-core machine a second torch thread only contends (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
