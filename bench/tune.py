@@ -326,6 +326,9 @@ class Selection:
             else:
                 methods[method] = {"values": s.values, "status": "chosen", "utility": round(Setting.mean(s.utility), 6),
                                    "steps": Setting.mean(s.steps)}
+                edges = grid_edges(self.plan.methods[method], s.values)
+                if edges:
+                    methods[method]["grid_edge"] = edges
         return {"rule": self.plan.rule, "utility": self.plan.utility, "seeds": self.plan.seeds,
                 "sweep": str(sweep_dir), "context": self.plan.context, "methods": methods}
 
@@ -338,6 +341,9 @@ class Selection:
             pick = self.chosen.get(s.method)
             chosen = "✓" if pick is s else ""
             note = NO_SETTING if pick is None else ""
+            if pick is s:
+                edges = grid_edges(self.plan.methods[s.method], s.values)
+                note = f"at the grid edge ({'; '.join(edges)}): widen and retune" if edges else ""
             rows.append({"method": s.method, "setting": point_label(s.values), "chosen": chosen,
                          "reached": f"{sum(s.reached)}/{n}" + ("" if len(s.seeds) == n else f" ({n - len(s.seeds)} missing)"),
                          "model utility": Setting.mean(s.utility), "steps": Setting.mean(s.steps),
@@ -357,8 +363,25 @@ class Selection:
                      f"{p.utility}; ties: fewer steps, then lower lr" if p.rule == "utility" else
                      "the lowest lr among settings that reached the forget target on every tuning seed; ties: higher "
                      f"{p.utility}, then fewer steps")
-                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value")
+                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value; "
+                  "\"at the grid edge\": the pick is an end of a grid axis, so a better value may lie outside the grid")
         return shown.to_markdown(index=False) + "\n\n" + legend + "\n"
+
+
+def grid_edges(space: Mapping[str, Sequence[Any]], values: Mapping[str, Any]) -> list[str]:
+    """The chosen values that sit at an end of a numeric grid axis (of 2+ values): the best setting may lie
+    beyond the grid, so the table says which end and the fix is to widen that axis and retune."""
+    out = []
+    for key, axis in space.items():
+        nums = [v for v in axis if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        v = values.get(key)
+        if len(nums) < 2 or len(nums) != len(axis) or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if _same(v, max(nums)):
+            out.append(f"{key}={override_value(v)} is the grid's top")
+        elif _same(v, min(nums)):
+            out.append(f"{key}={override_value(v)} is the grid's bottom")
+    return out
 
 
 def select(plan: Plan, records: Sequence[Mapping[str, Any]]) -> Selection:

@@ -94,6 +94,18 @@ def test_utility_rule_picks_most_utility_among_reached_ties_to_fewer_steps():
     assert tune.NO_SETTING in md and "✓" in md and "1000, 1001" in md
 
 
+def test_a_pick_at_the_end_of_a_grid_axis_is_flagged_in_the_table_and_the_tuned_file():
+    sel = tune.select(_plan(), _npo_records())  # npo picks lr=3e-4 (grid top), beta=0.5 (grid top)
+    note = sel.table().set_index("setting").loc["lr=0.0003 beta=0.5", "note"]
+    assert "grid edge" in note and "lr=0.0003 is the grid's top" in note and "beta=0.5 is the grid's top" in note
+    assert sel.tuned_file("sweep")["methods"]["npo"]["grid_edge"] == ["lr=0.0003 is the grid's top",
+                                                                      "beta=0.5 is the grid's top"]
+    inner = tune.Plan({"npo": {"lr": [1e-4, 3e-4, 1e-3]}}, [1000], "utility", "knowledge/retain/model_utility")
+    sel = tune.select(inner, [_rec("npo", 1000, {"lr": lr}, utility=u) for lr, u in ((1e-4, .5), (3e-4, .9), (1e-3, .4))])
+    assert sel.chosen["npo"].values == {"lr": 3e-4} and "grid_edge" not in sel.tuned_file("s")["methods"]["npo"]
+    assert tune.grid_edges({"lr": [1e-4, 3e-4], "loss": ["a", "b"]}, {"lr": 1e-4, "loss": "a"}) == ["lr=0.0001 is the grid's bottom"]
+
+
 def test_lowest_lr_rule_reproduces_the_ssiuu_protocol():
     sel = tune.select(_plan("lowest_lr"), _npo_records())
     assert sel.chosen["npo"].values == {"lr": 1e-4, "beta": 0.5}
