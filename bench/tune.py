@@ -323,6 +323,11 @@ class Selection:
         for method, s in self.chosen.items():
             if s is None:
                 methods[method] = {"values": None, "status": NO_SETTING}
+                near = self.closest(method)
+                if near is not None:  # for the reader: how far the grid fell short (never loaded as a tuned value)
+                    methods[method]["closest"] = {"values": near.values,
+                                                  "forget_mcq": round(Setting.mean(near.forget_mcq), 6),
+                                                  "utility": round(Setting.mean(near.utility), 6)}
             else:
                 methods[method] = {"values": s.values, "status": "chosen", "utility": round(Setting.mean(s.utility), 6),
                                    "steps": Setting.mean(s.steps)}
@@ -331,6 +336,12 @@ class Selection:
                     methods[method]["grid_edge"] = edges
         return {"rule": self.plan.rule, "utility": self.plan.utility, "seeds": self.plan.seeds,
                 "sweep": str(sweep_dir), "context": self.plan.context, "methods": methods}
+
+    def closest(self, method: str) -> Setting | None:
+        """For a method none of whose settings reached the target: the setting whose mean forget mcq came
+        nearest to it (lowest), or None when no run of it has a number."""
+        ran = [s for s in self.settings if s.method == method and not math.isnan(Setting.mean(s.forget_mcq))]
+        return min(ran, key=lambda s: Setting.mean(s.forget_mcq)) if ran else None
 
     def table(self):
         import pandas as pd
@@ -341,6 +352,8 @@ class Selection:
             pick = self.chosen.get(s.method)
             chosen = "✓" if pick is s else ""
             note = NO_SETTING if pick is None else ""
+            if pick is None and s is self.closest(s.method):
+                note = f"{NO_SETTING}; closest to it"
             if pick is s:
                 edges = grid_edges(self.plan.methods[s.method], s.values)
                 note = f"at the grid edge ({'; '.join(edges)}): widen and retune" if edges else ""
@@ -363,7 +376,7 @@ class Selection:
                      f"{p.utility}; ties: fewer steps, then lower lr" if p.rule == "utility" else
                      "the lowest lr among settings that reached the forget target on every tuning seed; ties: higher "
                      f"{p.utility}, then fewer steps")
-                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value; "
+                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": its lowest forget mcq); "
                   "\"at the grid edge\": the pick is an end of a grid axis, so a better value may lie outside the grid")
         return shown.to_markdown(index=False) + "\n\n" + legend + "\n"
 
@@ -473,7 +486,10 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
                         f"tune it (python -m bench.run -m +experiment=tune method={method_name}) or set tuned=null")
     values = entry.get("values") if isinstance(entry, Mapping) else None
     if not isinstance(values, Mapping):
-        raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds {seeds}); "
+        near = entry.get("closest") if isinstance(entry, Mapping) else None
+        near = (f" (closest: {point_label(near['values'])}, forget mcq {near.get('forget_mcq')})"
+                if isinstance(near, Mapping) and isinstance(near.get("values"), Mapping) else "")
+        raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds {seeds}{near}); "
                         f"widen conf/method/{method_name}.yaml's tune: grid and retune, or leave {method_name} out of "
                         "this sweep")
     for key in overridden:

@@ -88,7 +88,10 @@ def test_utility_rule_picks_most_utility_among_reached_ties_to_fewer_steps():
     assert sel.chosen["npo"].values == {"lr": 3e-4, "beta": 0.5}  # 0.95 never reached; 0.80 twice: 60 < 90 steps
     assert sel.chosen["ga"] is None
     out = sel.tuned_file("sweep")
-    assert out["methods"]["ga"] == {"values": None, "status": tune.NO_SETTING}
+    assert out["methods"]["ga"]["values"] is None and out["methods"]["ga"]["status"] == tune.NO_SETTING
+    assert out["methods"]["ga"]["closest"] == {"values": {"lr": 1e-4}, "forget_mcq": 0.3, "utility": 0.5}
+    notes = sel.table().set_index(["method", "setting"])["note"]
+    assert notes["ga", "lr=0.0001"] == f"{tune.NO_SETTING}; closest to it" and notes["ga", "lr=0.0003"] == tune.NO_SETTING
     assert out["methods"]["npo"]["values"] == {"lr": 3e-4, "beta": 0.5} and out["seeds"] == [1000, 1001]
     md = sel.markdown()
     assert tune.NO_SETTING in md and "✓" in md and "1000, 1001" in md
