@@ -3,7 +3,7 @@
 In-context relearning: no weight changes, only a prompt. Before each forget question, ``k`` other
 forget facts are written as solved demonstrations (``<prompt> <answer>``, joined by a blank line,
 the question's own fact never among them); the forget question is then scored by forced choice
-(``bench.items.forced_choice``: summed answer-token log-probs of the options, chance 1/k). As
+(``bench.items.forced_choice``: summed answer-token log-probs of the options, chance 1 over the number of options). As
 control, the same question after ``k`` retain facts: what any context of solved questions does to
 the model (the tiny model was trained on single questions only, so a long prompt alone moves its
 scores). The oracle, asked the same prompts, is the control for knowledge that is not there.
