@@ -33,6 +33,7 @@ from bench.record import RECORD
 from bench.stages import HOOK_STAGES, REFERENCE_STAGES, UNLEARNED
 from bench.disk_cache import atomic_write
 from bench.table_stats import ci95, paired
+from bench.tune import CLOSEST
 
 # Control stages of a run (the oracle with the method's hooks, the unlearned model without them) are
 # rows of their own, labelled "<method row> <stage>", never best-marked and never a baseline.
@@ -522,6 +523,9 @@ def seeds_note(df: pd.DataFrame) -> str:
     rules = sorted({str(i.get("rule")) for i in infos})
     files = sorted({str(i.get("file")) for i in infos})
     line += (f"method settings tuned on seeds {_seed_list(seeds)} (rule {', '.join(rules)}; {', '.join(files)})")
+    closest = sorted({row for row, t in zip(tuned["row"], tuned["tuning"]) if json.loads(t).get("status") == CLOSEST})
+    if closest:
+        line += f"; no tuned setting reached the forget target, run at the closest one: {', '.join(closest)}"
     untuned = sorted(set(runs.loc[runs["tuning"] == "", "row"]))
     if untuned:
         line += f"; not tuned: {', '.join(untuned)}"

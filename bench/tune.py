@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,15 @@ from bench.disk_cache import atomic_write, digest
 from bench.errors import ConfigError, UserError, exit_with
 from bench.settings import did_you_mean, parse_settings
 
+log = logging.getLogger(__name__)
+
 TUNE_KEY = "tune"          # the search-space block inside a method's config
 RULES = ("utility", "lowest_lr")
 PLAN = "tune_plan.yaml"    # written into the sweep folder before any job runs
 TUNED = "tuned.yaml"
 TABLE = "tune_table"
 NO_SETTING = "no setting reached the target"
+CLOSEST = "closest: no setting reached the target on the tuning seeds"
 # Keys of the run config the tuned values depend on (beyond the method): a run loading the file must match them.
 CONTEXT_KEYS = ("benchmark", "model", "unlearn", "continual")
 
@@ -485,13 +489,19 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
         raise TuneError(f"tuned={path} has no settings for method {method_name!r} (tuned: {sorted(data['methods'])}); "
                         f"tune it (python -m bench.run -m +experiment=tune method={method_name}) or set tuned=null")
     values = entry.get("values") if isinstance(entry, Mapping) else None
+    status = "chosen"
     if not isinstance(values, Mapping):
+        # No grid point reached the forget target on the tuning seeds: run the one that came closest, marked as
+        # such in the record and the report (a clearly marked row, never a silent pick); without one, refuse.
         near = entry.get("closest") if isinstance(entry, Mapping) else None
-        near = (f" (closest: {point_label(near['values'])}, forget mcq {near.get('forget_mcq')})"
-                if isinstance(near, Mapping) and isinstance(near.get("values"), Mapping) else "")
-        raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds {seeds}{near}); "
-                        f"widen conf/method/{method_name}.yaml's tune: grid and retune, or leave {method_name} out of "
-                        "this sweep")
+        if not (isinstance(near, Mapping) and isinstance(near.get("values"), Mapping)):
+            raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds "
+                            f"{seeds}); widen conf/method/{method_name}.yaml's tune: grid and retune, or leave "
+                            f"{method_name} out of this sweep")
+        values, status = near["values"], CLOSEST
+        log.warning("tuned=%s: %s for %s on seeds %s; running the closest setting %s (forget mcq %s), marked in the "
+                    "record and the report", path, NO_SETTING, method_name, seeds, point_label(values),
+                    near.get("forget_mcq"))
     for key in overridden:
         if key in values:
             raise TuneError(f"method.{key} is set on the command line and also tuned in tuned={path}; drop one of "
@@ -512,7 +522,7 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
     method.update(values)
     resolved["method"] = method
     return {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
-            "utility": data.get("utility"), "values": dict(values)}
+            "utility": data.get("utility"), "values": dict(values), "status": status}
 
 
 # ---- command line -----------------------------------------------------------------------------

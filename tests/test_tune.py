@@ -180,6 +180,19 @@ def test_tuned_file_misuse_fails_before_compute(tmp_path, case, needles):
     assert not (tmp_path / "models").exists()
 
 
+def test_a_method_no_setting_of_which_reached_runs_its_closest_setting_marked(tmp_path):
+    from bench.report import records_frame, build_table, legend
+
+    near = {"values": {"lr": 3e-4}, "forget_mcq": 0.4, "utility": 0.3}
+    path = _tuned_file(tmp_path, {"ga": {"values": None, "status": tune.NO_SETTING, "closest": near}})
+    run = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}"), tmp_path / "run", "ga", ())
+    assert run.resolved["method"]["lr"] == 3e-4
+    assert run.tuning["status"] == tune.CLOSEST and run.tuning["values"] == {"lr": 3e-4}
+    rec = {**_rec("ga", 0, {"lr": 3e-4}), "tuning": run.tuning}
+    rec["rows"].append({"stage": "target", "suite": "knowledge", "split": "forget", "metric": "mcq_acc", "value": 1.0, "n": 1})
+    assert "run at the closest one: ga" in legend(build_table(records_frame([rec])))
+
+
 def test_report_says_which_seeds_tuned_and_which_reported():
     from bench.report import records_frame, build_table, legend
 
