@@ -29,11 +29,10 @@ from hydra.experimental.callback import Callback
 
 from bench.directions import direction, is_integer, rank_key
 from bench.errors import UserError, exit_with
-from bench.record import RECORD
+from bench.record import RECORD, TUNED_CLOSEST
 from bench.stages import HOOK_STAGES, REFERENCE_STAGES, UNLEARNED
 from bench.disk_cache import atomic_write
 from bench.table_stats import ci95, paired
-from bench.tune import CLOSEST
 
 # Control stages of a run (the oracle with the method's hooks, the unlearned model without them) are
 # rows of their own, labelled "<method row> <stage>", never best-marked and never a baseline.
@@ -523,7 +522,7 @@ def seeds_note(df: pd.DataFrame) -> str:
     rules = sorted({str(i.get("rule")) for i in infos})
     files = sorted({str(i.get("file")) for i in infos})
     line += (f"method settings tuned on seeds {_seed_list(seeds)} (rule {', '.join(rules)}; {', '.join(files)})")
-    closest = sorted({row for row, t in zip(tuned["row"], tuned["tuning"]) if json.loads(t).get("status") == CLOSEST})
+    closest = sorted({row for row, t in zip(tuned["row"], tuned["tuning"]) if json.loads(t).get("status") == TUNED_CLOSEST})
     if closest:
         line += f"; no tuned setting reached the forget target, run at the closest one: {', '.join(closest)}"
     untuned = sorted(set(runs.loc[runs["tuning"] == "", "row"]))

@@ -41,6 +41,7 @@ import yaml
 
 from bench.disk_cache import atomic_write, digest
 from bench.errors import ConfigError, UserError, exit_with
+from bench.record import TUNED_CLOSEST
 from bench.settings import did_you_mean, parse_settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ PLAN = "tune_plan.yaml"    # written into the sweep folder before any job runs
 TUNED = "tuned.yaml"
 TABLE = "tune_table"
 NO_SETTING = "no setting reached the target"
-CLOSEST = "closest: no setting reached the target on the tuning seeds"
+CLOSEST = TUNED_CLOSEST
 # Keys of the run config the tuned values depend on (beyond the method): a run loading the file must match them.
 CONTEXT_KEYS = ("benchmark", "model", "unlearn", "continual")
 
