@@ -30,6 +30,8 @@ from hydra.experimental.callback import Callback
 from bench.directions import direction, is_integer, rank_key
 from bench.errors import UserError, exit_with
 from bench.record import RECORD, TUNED_CLOSEST
+
+CLOSEST_MARK = " [closest]"  # row-label suffix of a method run at its closest setting (bench.tune.apply_tuned)
 from bench.stages import HOOK_STAGES, REFERENCE_STAGES, UNLEARNED
 from bench.disk_cache import atomic_write
 from bench.table_stats import ci95, paired
@@ -242,9 +244,12 @@ def identities(records: list[dict[str, Any]]) -> list[Identity]:
         sub = [f for f, mm in zip(flats, methods) if mm == m]
         own[m] = _differing(sub, [k for k in all_keys if k.startswith("method.")])
     out = []
-    for flat, m in zip(flats, methods):
+    for rec, flat, m in zip(records, flats, methods):
         group = _label(flat, ref_keys)
         label = " ".join(x for x in (m, _label(flat, own[m], "method."), _label(flat, other_method_keys), group) if x)
+        tuning = rec.get("tuning")
+        if isinstance(tuning, dict) and tuning.get("status") == TUNED_CLOSEST:
+            label += CLOSEST_MARK  # not at matched forgetting on the tuning seeds: the row says so itself
         ident = json.dumps(sorted(flat.items()))
         ref = json.dumps(sorted((k, v) for k, v in flat.items() if not is_method_key(k)))
         out.append(Identity(label, group, f"{m}\0{ident}", ref))
@@ -524,7 +529,8 @@ def seeds_note(df: pd.DataFrame) -> str:
     line += (f"method settings tuned on seeds {_seed_list(seeds)} (rule {', '.join(rules)}; {', '.join(files)})")
     closest = sorted({row for row, t in zip(tuned["row"], tuned["tuning"]) if json.loads(t).get("status") == TUNED_CLOSEST})
     if closest:
-        line += f"; no tuned setting reached the forget target, run at the closest one: {', '.join(closest)}"
+        line += (f"; {CLOSEST_MARK.strip()}: no tuned setting reached the forget target on the tuning seeds, run at "
+                 f"the closest one: {', '.join(closest)}")
     untuned = sorted(set(runs.loc[runs["tuning"] == "", "row"]))
     if untuned:
         line += f"; not tuned: {', '.join(untuned)}"

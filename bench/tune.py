@@ -41,7 +41,7 @@ import yaml
 
 from bench.disk_cache import atomic_write, digest
 from bench.errors import ConfigError, UserError, exit_with
-from bench.record import TUNED_CLOSEST
+from bench.record import ROOT, TUNED_CLOSEST
 from bench.settings import did_you_mean, parse_settings
 
 log = logging.getLogger(__name__)
@@ -331,8 +331,12 @@ class Selection:
                 near = self.closest(method)
                 if near is not None:  # for the reader: how far the grid fell short (never loaded as a tuned value)
                     methods[method]["closest"] = {"values": near.values,
+                                                  "reached": f"{sum(near.reached)}/{len(self.plan.seeds)}",
                                                   "forget_mcq": round(Setting.mean(near.forget_mcq), 6),
                                                   "utility": round(Setting.mean(near.utility), 6)}
+                    edges = grid_edges(self.plan.methods[method], near.values)
+                    if edges:
+                        methods[method]["closest"]["grid_edge"] = edges
             else:
                 methods[method] = {"values": s.values, "status": "chosen", "utility": round(Setting.mean(s.utility), 6),
                                    "steps": Setting.mean(s.steps)}
@@ -343,10 +347,15 @@ class Selection:
                 "sweep": str(sweep_dir), "context": self.plan.context, "methods": methods}
 
     def closest(self, method: str) -> Setting | None:
-        """For a method none of whose settings reached the target: the setting whose mean forget mcq came
-        nearest to it (lowest), or None when no run of it has a number."""
+        """For a method none of whose settings reached the target: the one that came nearest, or None when no run
+        of it has a number. Nearest: reached on the most tuning seeds, then the lowest mean forget mcq, then the
+        most utility (a diverged seed counts as not reached)."""
         ran = [s for s in self.settings if s.method == method and not math.isnan(Setting.mean(s.forget_mcq))]
-        return min(ran, key=lambda s: Setting.mean(s.forget_mcq)) if ran else None
+        if not ran:
+            return None
+        util = lambda s: -math.inf if math.isnan(Setting.mean(s.utility)) else Setting.mean(s.utility)  # noqa: E731
+        n_reached = lambda s: sum(r and not d for r, d in zip(s.reached, s.diverged))  # noqa: E731
+        return min(ran, key=lambda s: (-n_reached(s), Setting.mean(s.forget_mcq), -util(s)))
 
     def table(self):
         import pandas as pd
@@ -358,7 +367,8 @@ class Selection:
             chosen = "✓" if pick is s else ""
             note = NO_SETTING if pick is None else ""
             if pick is None and s is self.closest(s.method):
-                note = f"{NO_SETTING}; closest to it"
+                edges = grid_edges(self.plan.methods[s.method], s.values)
+                note = f"{NO_SETTING}; closest to it" + (f", at the grid edge ({'; '.join(edges)})" if edges else "")
             if pick is s:
                 edges = grid_edges(self.plan.methods[s.method], s.values)
                 note = f"at the grid edge ({'; '.join(edges)}): widen and retune" if edges else ""
@@ -381,7 +391,7 @@ class Selection:
                      f"{p.utility}; ties: fewer steps, then lower lr" if p.rule == "utility" else
                      "the lowest lr among settings that reached the forget target on every tuning seed; ties: higher "
                      f"{p.utility}, then fewer steps")
-                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": its lowest forget mcq); "
+                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": reached on the most tuning seeds, then the lowest forget mcq; a tuned run uses it and its row is labelled [closest]); "
                   "\"at the grid edge\": the pick is an end of a grid axis, so a better value may lie outside the grid")
         return shown.to_markdown(index=False) + "\n\n" + legend + "\n"
 
@@ -437,6 +447,8 @@ def select_dir(sweep_dir: str | Path, rule: str | None = None, out: str | Path |
 def load_tuned(path: str | Path) -> dict[str, Any]:
     """A tuned file as ``write_selection`` writes it, or a TuneError naming the file and the fix."""
     p = Path(path)
+    if not p.is_file() and not p.is_absolute() and (ROOT / p).is_file():
+        p = ROOT / p  # a shipped file (bench/assets/...) named relative to the project, run from elsewhere
     if not p.is_file():
         raise TuneError(f"tuned={str(path)!r}: no such file; write it with `python -m bench.run -m +experiment=tune` "
                         "or set tuned=null to run the method YAMLs' own values")

@@ -89,9 +89,11 @@ def test_utility_rule_picks_most_utility_among_reached_ties_to_fewer_steps():
     assert sel.chosen["ga"] is None
     out = sel.tuned_file("sweep")
     assert out["methods"]["ga"]["values"] is None and out["methods"]["ga"]["status"] == tune.NO_SETTING
-    assert out["methods"]["ga"]["closest"] == {"values": {"lr": 1e-4}, "forget_mcq": 0.3, "utility": 0.5}
+    assert out["methods"]["ga"]["closest"] == {"values": {"lr": 1e-4}, "reached": "0/2", "forget_mcq": 0.3,
+                                               "utility": 0.5, "grid_edge": ["lr=0.0001 is the grid's bottom"]}
     notes = sel.table().set_index(["method", "setting"])["note"]
-    assert notes["ga", "lr=0.0001"] == f"{tune.NO_SETTING}; closest to it" and notes["ga", "lr=0.0003"] == tune.NO_SETTING
+    assert notes["ga", "lr=0.0001"].startswith(f"{tune.NO_SETTING}; closest to it, at the grid edge")
+    assert notes["ga", "lr=0.0003"] == tune.NO_SETTING
     assert out["methods"]["npo"]["values"] == {"lr": 3e-4, "beta": 0.5} and out["seeds"] == [1000, 1001]
     md = sel.markdown()
     assert tune.NO_SETTING in md and "✓" in md and "1000, 1001" in md
@@ -107,6 +109,27 @@ def test_a_pick_at_the_end_of_a_grid_axis_is_flagged_in_the_table_and_the_tuned_
     sel = tune.select(inner, [_rec("npo", 1000, {"lr": lr}, utility=u) for lr, u in ((1e-4, .5), (3e-4, .9), (1e-3, .4))])
     assert sel.chosen["npo"].values == {"lr": 3e-4} and "grid_edge" not in sel.tuned_file("s")["methods"]["npo"]
     assert tune.grid_edges({"lr": [1e-4, 3e-4], "loss": ["a", "b"]}, {"lr": 1e-4, "loss": "a"}) == ["lr=0.0001 is the grid's bottom"]
+
+
+def test_closest_setting_ranks_seeds_reached_then_forget_mcq_then_utility():
+    def rec(lr, seed, reached, fmcq, util=0.5, diverged=False):
+        r = _rec("ga", seed, {"lr": lr}, reached=reached, utility=util, diverged=diverged)
+        r["rows"][1]["value"] = fmcq
+        return r
+
+    plan = tune.Plan({"ga": {"lr": [1e-4, 3e-4, 1e-3, 3e-3]}}, [1000, 1001], "utility", "knowledge/retain/model_utility")
+    records = [rec(1e-4, 1000, False, 0.50), rec(1e-4, 1001, False, 0.50),
+               rec(3e-4, 1000, True, 0.30), rec(3e-4, 1001, False, 0.45),                      # 1/2 reached
+               rec(1e-3, 1000, False, 0.35, util=0.2), rec(1e-3, 1001, False, 0.35, util=0.2),  # lowest mean mcq, 0/2
+               rec(3e-3, 1000, True, 0.40, diverged=True), rec(3e-3, 1001, False, 0.36)]      # diverged: not reached
+    sel = tune.select(plan, records)
+    assert sel.chosen["ga"] is None and sel.closest("ga").values == {"lr": 3e-4}  # seeds reached beat a lower mcq
+    records = [r for r in records if r["config"]["method"]["lr"] != 3e-4]
+    assert tune.select(plan, records).closest("ga").values == {"lr": 1e-3}  # then the lowest forget mcq
+    ties = [rec(lr, s, False, 0.4, util=u) for lr, u in ((1e-4, 0.2), (3e-4, 0.6)) for s in (1000, 1001)]
+    assert tune.select(plan, ties).closest("ga").values == {"lr": 3e-4}  # then the most utility
+    nan = [rec(1e-4, s, False, float("nan")) for s in (1000, 1001)]
+    assert tune.select(plan, nan).closest("ga") is None  # no number, no closest: the tuned run refuses
 
 
 def test_lowest_lr_rule_reproduces_the_ssiuu_protocol():
@@ -190,7 +213,57 @@ def test_a_method_no_setting_of_which_reached_runs_its_closest_setting_marked(tm
     assert run.tuning["status"] == tune.CLOSEST and run.tuning["values"] == {"lr": 3e-4}
     rec = {**_rec("ga", 0, {"lr": 3e-4}), "tuning": run.tuning}
     rec["rows"].append({"stage": "target", "suite": "knowledge", "split": "forget", "metric": "mcq_acc", "value": 1.0, "n": 1})
-    assert "run at the closest one: ga" in legend(build_table(records_frame([rec])))
+    table = build_table(records_frame([rec]))
+    assert "[closest]: no tuned setting reached the forget target on the tuning seeds, run at the closest one: ga [closest]" in legend(table)
+    assert "ga [closest]" in table.means.index  # the row itself says it is not at matched forgetting
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("overridden", ["method.lr is set on the command line"]),
+    ("other_config", ["another config", "unlearn.max_steps"]),
+    ("no_closest_values", [tune.NO_SETTING, "widen"]),
+])
+def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles):
+    near = {"values": {"lr": 3e-4}, "forget_mcq": 0.4, "utility": 0.3}
+    overridden, context = (), None
+    if case == "overridden":
+        overridden = ("lr",)
+    elif case == "other_config":
+        context = {"unlearn": {**compose_config().unlearn, "max_steps": 999}}
+    else:
+        near = {"forget_mcq": 0.4}
+    path = _tuned_file(tmp_path, {"ga": {"values": None, "status": tune.NO_SETTING, "closest": near}}, context=context)
+    with pytest.raises(UserError) as info:
+        Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}"), tmp_path / "run", "ga", overridden)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+    assert not (tmp_path / "models").exists()
+
+
+SHIPPED = "bench/assets/tuned_synthetic_tiny.yaml"
+
+
+def test_the_paper_preset_runs_every_method_at_the_shipped_tuned_values(tmp_path):
+    """The shipped tuned file loads (from any working directory) and is what the paper preset runs: each method
+    gets exactly the file's chosen (or closest) values; the file's tuning seeds are not reported seeds."""
+    data = tune.load_tuned(SHIPPED)
+    assert set(data["seeds"]).isdisjoint(range(5))
+    paper = compose_config("+experiment=paper")
+    assert paper.tuned == SHIPPED
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # relative to the project, not to where the run is started
+    try:
+        for name in [p.stem for p in sorted((CONF / "method").glob("*.yaml"))]:
+            entry = data["methods"].get(name)
+            if entry is None:  # a method without a tune: block (a control) runs its YAML
+                continue
+            values = entry["values"] if entry["values"] is not None else entry["closest"]["values"]
+            run = Run(compose_config("+experiment=paper", f"method={name}", f"cache_dir={tmp_path}"), tmp_path / "run", name)
+            assert {k: run.resolved["method"][k] for k in values} == values, name
+            assert run.tuning["status"] == ("chosen" if entry["values"] is not None else tune.CLOSEST), name
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "models").exists()
 
 
 def test_report_says_which_seeds_tuned_and_which_reported():
