@@ -248,7 +248,7 @@ def test_the_paper_preset_runs_every_method_at_the_shipped_tuned_values(tmp_path
     gets exactly the file's chosen (or closest) values; the file's tuning seeds are not reported seeds."""
     data = tune.load_tuned(SHIPPED)
     assert set(data["seeds"]).isdisjoint(range(5))
-    paper = compose_config("+experiment=paper")
+    paper = compose_config("+experiment=paper", micro=False)
     assert paper.tuned == SHIPPED
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative to the project, not to where the run is started
@@ -258,7 +258,8 @@ def test_the_paper_preset_runs_every_method_at_the_shipped_tuned_values(tmp_path
             if entry is None:  # a method without a tune: block (a control) runs its YAML
                 continue
             values = entry["values"] if entry["values"] is not None else entry["closest"]["values"]
-            run = Run(compose_config("+experiment=paper", f"method={name}", f"cache_dir={tmp_path}"), tmp_path / "run", name)
+            run = Run(compose_config("+experiment=paper", f"method={name}", f"cache_dir={tmp_path}", micro=False),
+                      tmp_path / "run", name)
             assert {k: run.resolved["method"][k] for k in values} == values, name
             assert run.tuning["status"] == ("chosen" if entry["values"] is not None else tune.CLOSEST), name
     finally:
