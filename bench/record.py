@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RECORD = "record.json"
 # record["tuning"]["status"] of a run whose tuned file had no setting reaching the target: it ran the closest one
 TUNED_CLOSEST = "closest: no setting reached the target on the tuning seeds"
+CLOSEST_MARK = " [closest]"  # table row-label suffix of a record run at its closest setting
 EXAMPLES = "examples.jsonl"
 ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "lm_eval", "peft", "numpy", "scipy", "scikit-learn",

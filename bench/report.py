@@ -29,9 +29,7 @@ from hydra.experimental.callback import Callback
 
 from bench.directions import direction, is_integer, rank_key
 from bench.errors import UserError, exit_with
-from bench.record import RECORD, TUNED_CLOSEST
-
-CLOSEST_MARK = " [closest]"  # row-label suffix of a method run at its closest setting (bench.tune.apply_tuned)
+from bench.record import CLOSEST_MARK, RECORD, TUNED_CLOSEST
 from bench.stages import HOOK_STAGES, REFERENCE_STAGES, UNLEARNED
 from bench.disk_cache import atomic_write
 from bench.table_stats import ci95, paired

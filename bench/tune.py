@@ -41,7 +41,7 @@ import yaml
 
 from bench.disk_cache import atomic_write, digest
 from bench.errors import ConfigError, UserError, exit_with
-from bench.record import ROOT, TUNED_CLOSEST
+from bench.record import CLOSEST_MARK, ROOT, TUNED_CLOSEST
 from bench.settings import did_you_mean, parse_settings
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ class Selection:
             if s is None:
                 methods[method] = {"values": None, "status": NO_SETTING}
                 near = self.closest(method)
-                if near is not None:  # for the reader: how far the grid fell short (never loaded as a tuned value)
+                if near is not None:  # how far the grid fell short; a tuned run uses it, marked (apply_tuned)
                     methods[method]["closest"] = {"values": near.values,
                                                   "reached": f"{sum(near.reached)}/{len(self.plan.seeds)}",
                                                   "forget_mcq": round(Setting.mean(near.forget_mcq), 6),
@@ -354,23 +354,23 @@ class Selection:
         if not ran:
             return None
         util = lambda s: -math.inf if math.isnan(Setting.mean(s.utility)) else Setting.mean(s.utility)  # noqa: E731
-        n_reached = lambda s: sum(r and not d for r, d in zip(s.reached, s.diverged))  # noqa: E731
-        return min(ran, key=lambda s: (-n_reached(s), Setting.mean(s.forget_mcq), -util(s)))
+        # s.reached is already False for a diverged seed (settings_from_records)
+        return min(ran, key=lambda s: (-sum(s.reached), Setting.mean(s.forget_mcq), -util(s)))
 
     def table(self):
         import pandas as pd
 
         n = len(self.plan.seeds)
+        nearest = {m: self.closest(m) for m, pick in self.chosen.items() if pick is None}
         rows = []
         for s in self.settings:
             pick = self.chosen.get(s.method)
             chosen = "✓" if pick is s else ""
             note = NO_SETTING if pick is None else ""
-            if pick is None and s is self.closest(s.method):
-                edges = grid_edges(self.plan.methods[s.method], s.values)
+            edges = grid_edges(self.plan.methods[s.method], s.values) if pick is s or nearest.get(s.method) is s else []
+            if pick is None and nearest.get(s.method) is s:
                 note = f"{NO_SETTING}; closest to it" + (f", at the grid edge ({'; '.join(edges)})" if edges else "")
             if pick is s:
-                edges = grid_edges(self.plan.methods[s.method], s.values)
                 note = f"at the grid edge ({'; '.join(edges)}): widen and retune" if edges else ""
             rows.append({"method": s.method, "setting": point_label(s.values), "chosen": chosen,
                          "reached": f"{sum(s.reached)}/{n}" + ("" if len(s.seeds) == n else f" ({n - len(s.seeds)} missing)"),
@@ -391,7 +391,7 @@ class Selection:
                      f"{p.utility}; ties: fewer steps, then lower lr" if p.rule == "utility" else
                      "the lowest lr among settings that reached the forget target on every tuning seed; ties: higher "
                      f"{p.utility}, then fewer steps")
-                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": reached on the most tuning seeds, then the lowest forget mcq; a tuned run uses it and its row is labelled [closest]); "
+                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": reached on the most tuning seeds, then the lowest forget mcq; a tuned run uses it and its row is labelled {CLOSEST_MARK.strip()}); "
                   "\"at the grid edge\": the pick is an end of a grid axis, so a better value may lie outside the grid")
         return shown.to_markdown(index=False) + "\n\n" + legend + "\n"
 
