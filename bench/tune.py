@@ -525,8 +525,8 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
         if key in want:
             diff = _first_difference(want[key], have.get(key), key)
             if diff:
-                raise TuneError(f"tuned={path} was tuned under another config ({diff}); retune under this config "
-                                "or run with the tuned config")
+                raise TuneError(f"tuned={path} was tuned under another config ({diff}); retune under this config, "
+                                "run with the tuned config, or set tuned=null for the method YAMLs' values")
     method = dict(resolved["method"])
     unknown = [k for k in values if k not in method]
     if unknown:

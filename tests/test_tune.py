@@ -179,7 +179,7 @@ def test_a_method_without_a_tune_block_runs_its_yaml_under_a_tuned_file(tmp_path
     ("tuning_seed", ["seed=1000", "tuning seeds [1000]"]),
     ("no_value", [tune.NO_SETTING, "widen", "tune: grid"]),
     ("other_method", ["no settings for method 'ga'", "tuned=null"]),
-    ("other_config", ["another config", "unlearn.max_steps"]),
+    ("other_config", ["another config", "unlearn.max_steps", "tuned=null"]),
     ("overridden", ["method.lr is set on the command line"]),
 ])
 def test_tuned_file_misuse_fails_before_compute(tmp_path, case, needles):
@@ -243,13 +243,14 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
 SHIPPED = "bench/assets/tuned_synthetic_tiny.yaml"
 
 
-def test_the_paper_preset_runs_every_method_at_the_shipped_tuned_values(tmp_path):
-    """The shipped tuned file loads (from any working directory) and is what the paper preset runs: each method
-    gets exactly the file's chosen (or closest) values; the file's tuning seeds are not reported seeds."""
+@pytest.mark.parametrize("preset", ["paper", "compare"])
+def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, preset):
+    """The shipped tuned file loads (from any working directory) and is what the paper and compare (Quickstart)
+    presets run: each method gets exactly the file's chosen (or closest) values; the file's tuning seeds are not
+    reported seeds."""
     data = tune.load_tuned(SHIPPED)
     assert set(data["seeds"]).isdisjoint(range(5))
-    paper = compose_config("+experiment=paper", micro=False)
-    assert paper.tuned == SHIPPED
+    assert compose_config(f"+experiment={preset}", micro=False).tuned == SHIPPED
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative to the project, not to where the run is started
     try:
@@ -258,7 +259,7 @@ def test_the_paper_preset_runs_every_method_at_the_shipped_tuned_values(tmp_path
             if entry is None:  # a method without a tune: block (a control) runs its YAML
                 continue
             values = entry["values"] if entry["values"] is not None else entry["closest"]["values"]
-            run = Run(compose_config("+experiment=paper", f"method={name}", f"cache_dir={tmp_path}", micro=False),
+            run = Run(compose_config(f"+experiment={preset}", f"method={name}", f"cache_dir={tmp_path}", micro=False),
                       tmp_path / "run", name)
             assert {k: run.resolved["method"][k] for k in values} == values, name
             assert run.tuning["status"] == ("chosen" if entry["values"] is not None else tune.CLOSEST), name
