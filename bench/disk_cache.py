@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,6 +108,24 @@ def directory(path: Path, build: Callable[[Path], None], marker: str = COMPLETE)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return path, False
+
+
+def being_built(path: Path) -> bool:
+    """Whether another process holds the lock of ``directory(path, ...)`` now, i.e. is building it.
+
+    Only a hint for ordering work (the answer can change the moment it is given): ``directory``
+    itself stays the one place that decides, under the lock, whether to build or reuse.
+    """
+    lock_file = path.parent / f"{path.name}.lock"
+    if not lock_file.exists():
+        return False
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def host_name() -> str:

@@ -270,6 +270,30 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
     return digest(payload, 20)
 
 
+def _cached_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, cache_dir: str | Path, seed: int,
+                  source: str | None) -> tuple[str, Path]:
+    """The cache key of the trained ``role`` model and its folder in the cache."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
+    inject = TrainConfig(**{**dict(spec["inject"]), "seed": seed})
+    key = cache_key(role, spec, bench, tokenizer, inject, seed, source)
+    return key, Path(cache_dir) / "models" / f"{role}-{key}"
+
+
+def obtain_models(spec: dict[str, Any], bench: Benchmark, tokenizer, cache_dir: str | Path, seed: int,
+                  source: str | None = None) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
+    """The trained target and oracle (``obtain_model`` each), by role.
+
+    A model another process is training right now is obtained second: parallel jobs of one seed
+    (the joblib ``compare`` sweep, cold) then train the two models at once instead of the second
+    job waiting on the first one's target and then on its oracle. Each model is seeded on its
+    own, so the order changes no weight.
+    """
+    roles = sorted(ROLES, key=lambda role: disk_cache.being_built(
+        _cached_model(role, spec, bench, tokenizer, cache_dir, seed, source)[1]))
+    return {role: obtain_model(role, spec, bench, tokenizer, cache_dir, seed, source) for role in roles}
+
+
 def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, cache_dir: str | Path, seed: int,
                  source: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained ``role`` model from the cache, training and caching it on a miss.
@@ -278,10 +302,8 @@ def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, c
     Returns the model (on its device, eval mode) and provenance: key, path, whether it was
     reused, and the injection summary.
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
+    key, folder = _cached_model(role, spec, bench, tokenizer, cache_dir, seed, source)
     inject = TrainConfig(**{**dict(spec["inject"]), "seed": seed})
-    key = cache_key(role, spec, bench, tokenizer, inject, seed, source)
     device = resolve_device(spec.get("device", "auto"))
     dtype = getattr(torch, spec.get("dtype", "float32"))
     built: dict[str, Any] = {}
@@ -296,7 +318,7 @@ def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, c
         built.update(model=model, meta=meta)
 
     # meta.json, written last, marks a complete folder (as before the shared helper).
-    final, reused = disk_cache.directory(Path(cache_dir) / "models" / f"{role}-{key}", train, marker="meta.json")
+    final, reused = disk_cache.directory(folder, train, marker="meta.json")
     if reused:
         meta = json.loads((final / "meta.json").read_text())
         model = runtime_settings(AutoModelForCausalLM.from_pretrained(final / "model", dtype=dtype).to(device), spec).eval()

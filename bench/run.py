@@ -41,7 +41,7 @@ from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, ModelShape, UnlearnContext, UnlearnData
 from bench.disk_cache import digest
-from bench.models import ModelConfigError, build_base_model, obtain_model, pretrained_source, resolve_device, validate_model_spec
+from bench.models import ModelConfigError, build_base_model, obtain_models, pretrained_source, resolve_device, validate_model_spec
 from bench.pretrained import RULE, known_forget
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block
@@ -340,10 +340,9 @@ class Run:
         s = self.settings
 
         def obtain() -> None:
-            self.target, self.target_info = obtain_model(stages.TARGET, self.model_spec, self.bench, self.tokenizer,
-                                                         s.cache_dir, s.seed, self.source)
-            self.oracle, self.oracle_info = obtain_model(stages.ORACLE, self.model_spec, self.bench, self.tokenizer,
-                                                         s.cache_dir, s.seed, self.source)
+            models = obtain_models(self.model_spec, self.bench, self.tokenizer, s.cache_dir, s.seed, self.source)
+            self.target, self.target_info = models[stages.TARGET]
+            self.oracle, self.oracle_info = models[stages.ORACLE]
 
         if self.inject:
             # Several processes: rank 0 trains what the cache lacks, the others then read the cache.

@@ -33,3 +33,31 @@ def test_concurrent_runs_train_a_model_once(tmp_path):
     assert sorted(r["reused"] for r in results) == [False, True]
     assert results[0]["key"] == results[1]["key"]
     assert len(list((tmp_path / "models").glob("target-*/meta.json"))) == 1
+
+
+def test_being_built_sees_another_holder_of_the_lock(tmp_path):
+    from filelock import FileLock
+
+    from bench import disk_cache
+
+    folder = tmp_path / "models" / "target-abc"
+    assert not disk_cache.being_built(folder)  # no lock file yet
+    folder.parent.mkdir(parents=True)
+    holder = FileLock(str(folder.parent / "target-abc.lock"))
+    with holder:
+        assert disk_cache.being_built(folder)
+    assert not disk_cache.being_built(folder)
+
+
+def test_a_model_in_training_elsewhere_is_obtained_second(tmp_path, micro_bench, tokenizer, monkeypatch):
+    from bench import disk_cache, models
+
+    order = []
+    monkeypatch.setattr(models, "obtain_model", lambda role, *a, **k: order.append(role) or (None, {"role": role}))
+    monkeypatch.setattr(disk_cache, "being_built", lambda path: path.name.startswith("target-"))
+    got = models.obtain_models(SPEC, micro_bench, tokenizer, tmp_path, seed=0)
+    assert order == ["oracle", "target"] and set(got) == {"target", "oracle"}
+    order.clear()
+    monkeypatch.setattr(disk_cache, "being_built", lambda path: False)
+    models.obtain_models(SPEC, micro_bench, tokenizer, tmp_path, seed=0)
+    assert order == ["target", "oracle"]
