@@ -82,50 +82,47 @@ def pickled(path: Path, compute: Callable[[], T]) -> tuple[T, bool]:
         return value, False
 
 
-def directory(path: Path, build: Callable[[Path], None], marker: str = COMPLETE) -> tuple[Path, bool]:
+def directory(path: Path, build: Callable[[Path], None], marker: str = COMPLETE,
+              wait: bool = True) -> tuple[Path, bool] | None:
     """The folder ``path``, built once by ``build(tmp)`` into an empty temporary folder; returns
     (path, reused).
 
     ``marker``: the file whose presence says the folder is complete (written after ``build`` if
     ``build`` did not write it; name a file the builder writes to keep folders written before this
     helper existed valid). A folder without it (from a crash of older code) is rebuilt.
+    ``wait=False``: return None at once if another process holds the lock (is building it), so the
+    caller can do other work first.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.parent / f"{path.name}.lock")):
-        if (path / marker).exists():
-            return path, True
-        remove_orphans(path)
-        tmp = _temp(path)
-        tmp.mkdir()
-        try:
-            build(tmp)
-            if not (tmp / marker).exists():
-                (tmp / marker).write_text(path.name)
-            if path.exists():
-                _remove(path)  # incomplete: no marker
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path, False
-
-
-def being_built(path: Path) -> bool:
-    """Whether another process holds the lock of ``directory(path, ...)`` now, i.e. is building it.
-
-    Only a hint for ordering work (the answer can change the moment it is given): ``directory``
-    itself stays the one place that decides, under the lock, whether to build or reuse.
-    """
-    lock_file = path.parent / f"{path.name}.lock"
-    if not lock_file.exists():
-        return False
-    lock = FileLock(str(lock_file), timeout=0)
+    lock = FileLock(str(path.parent / f"{path.name}.lock"), timeout=-1 if wait else 0)
     try:
         lock.acquire()
     except Timeout:
-        return True
-    lock.release()
-    return False
+        return None
+    try:
+        return _build_locked(path, build, marker)
+    finally:
+        lock.release()
+
+
+def _build_locked(path: Path, build: Callable[[Path], None], marker: str) -> tuple[Path, bool]:
+    """``directory``'s work, under its lock."""
+    if (path / marker).exists():
+        return path, True
+    remove_orphans(path)
+    tmp = _temp(path)
+    tmp.mkdir()
+    try:
+        build(tmp)
+        if not (tmp / marker).exists():
+            (tmp / marker).write_text(path.name)
+        if path.exists():
+            _remove(path)  # incomplete: no marker
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path, False
 
 
 def host_name() -> str:

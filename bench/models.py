@@ -270,40 +270,42 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
     return digest(payload, 20)
 
 
-def _cached_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, cache_dir: str | Path, seed: int,
-                  source: str | None) -> tuple[str, Path]:
-    """The cache key of the trained ``role`` model and its folder in the cache."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
-    inject = TrainConfig(**{**dict(spec["inject"]), "seed": seed})
-    key = cache_key(role, spec, bench, tokenizer, inject, seed, source)
-    return key, Path(cache_dir) / "models" / f"{role}-{key}"
-
-
 def obtain_models(spec: dict[str, Any], bench: Benchmark, tokenizer, cache_dir: str | Path, seed: int,
                   source: str | None = None) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
     """The trained target and oracle (``obtain_model`` each), by role.
 
-    A model another process is training right now is obtained second: parallel jobs of one seed
-    (the joblib ``compare`` sweep, cold) then train the two models at once instead of the second
-    job waiting on the first one's target and then on its oracle. Each model is seeded on its
-    own, so the order changes no weight.
+    A model another process is training right now is left for later: parallel jobs of one seed (the
+    joblib ``compare`` sweep, cold) then train the two models at once instead of the second job
+    waiting on the first one's target and then on its oracle. Each model is seeded on its own, so the
+    order changes no weight.
     """
-    roles = sorted(ROLES, key=lambda role: disk_cache.being_built(
-        _cached_model(role, spec, bench, tokenizer, cache_dir, seed, source)[1]))
-    return {role: obtain_model(role, spec, bench, tokenizer, cache_dir, seed, source) for role in roles}
+    pending, got = list(ROLES), {}
+    while pending:
+        for role in list(pending):
+            # The last role left is waited for; before that, a role being built elsewhere is skipped.
+            result = obtain_model(role, spec, bench, tokenizer, cache_dir, seed, source, wait=len(pending) == 1)
+            if result is not None:
+                got[role] = result
+                pending.remove(role)
+        if len(pending) == len(ROLES):  # every model is being built elsewhere: wait for the first
+            got[pending[0]] = obtain_model(pending[0], spec, bench, tokenizer, cache_dir, seed, source)
+            pending.pop(0)
+    return got
 
 
 def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, cache_dir: str | Path, seed: int,
-                 source: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                 source: str | None = None, wait: bool = True) -> tuple[torch.nn.Module, dict[str, Any]] | None:
     """The trained ``role`` model from the cache, training and caching it on a miss.
 
     ``source``: the base model (``pretrained_source``); default ``model.pretrained``.
+    ``wait=False``: None at once if another process is training it now.
     Returns the model (on its device, eval mode) and provenance: key, path, whether it was
     reused, and the injection summary.
     """
-    key, folder = _cached_model(role, spec, bench, tokenizer, cache_dir, seed, source)
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
     inject = TrainConfig(**{**dict(spec["inject"]), "seed": seed})
+    key = cache_key(role, spec, bench, tokenizer, inject, seed, source)
     device = resolve_device(spec.get("device", "auto"))
     dtype = getattr(torch, spec.get("dtype", "float32"))
     built: dict[str, Any] = {}
@@ -318,7 +320,10 @@ def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, c
         built.update(model=model, meta=meta)
 
     # meta.json, written last, marks a complete folder (as before the shared helper).
-    final, reused = disk_cache.directory(folder, train, marker="meta.json")
+    found = disk_cache.directory(Path(cache_dir) / "models" / f"{role}-{key}", train, marker="meta.json", wait=wait)
+    if found is None:
+        return None
+    final, reused = found
     if reused:
         meta = json.loads((final / "meta.json").read_text())
         model = runtime_settings(AutoModelForCausalLM.from_pretrained(final / "model", dtype=dtype).to(device), spec).eval()

@@ -35,29 +35,35 @@ def test_concurrent_runs_train_a_model_once(tmp_path):
     assert len(list((tmp_path / "models").glob("target-*/meta.json"))) == 1
 
 
-def test_being_built_sees_another_holder_of_the_lock(tmp_path):
+def test_directory_without_waiting_skips_a_folder_another_process_builds(tmp_path):
     from filelock import FileLock
 
     from bench import disk_cache
 
     folder = tmp_path / "models" / "target-abc"
-    assert not disk_cache.being_built(folder)  # no lock file yet
     folder.parent.mkdir(parents=True)
-    holder = FileLock(str(folder.parent / "target-abc.lock"))
-    with holder:
-        assert disk_cache.being_built(folder)
-    assert not disk_cache.being_built(folder)
+    built = []
+    with FileLock(str(folder.parent / "target-abc.lock")):  # another process building it
+        assert disk_cache.directory(folder, built.append, wait=False) is None
+    assert built == [] and not folder.exists()
+    assert disk_cache.directory(folder, built.append, wait=False) == (folder, False)
+    assert disk_cache.directory(folder, built.append, wait=False) == (folder, True) and len(built) == 1
 
 
-def test_a_model_in_training_elsewhere_is_obtained_second(tmp_path, micro_bench, tokenizer, monkeypatch):
-    from bench import disk_cache, models
+def test_a_model_in_training_elsewhere_is_obtained_last(tmp_path, micro_bench, tokenizer, monkeypatch):
+    from bench import models
 
-    order = []
-    monkeypatch.setattr(models, "obtain_model", lambda role, *a, **k: order.append(role) or (None, {"role": role}))
-    monkeypatch.setattr(disk_cache, "being_built", lambda path: path.name.startswith("target-"))
-    got = models.obtain_models(SPEC, micro_bench, tokenizer, tmp_path, seed=0)
-    assert order == ["oracle", "target"] and set(got) == {"target", "oracle"}
-    order.clear()
-    monkeypatch.setattr(disk_cache, "being_built", lambda path: False)
-    models.obtain_models(SPEC, micro_bench, tokenizer, tmp_path, seed=0)
-    assert order == ["target", "oracle"]
+    def obtain(busy):
+        calls = []
+
+        def fake(role, *args, wait=True):
+            calls.append((role, wait))
+            return None if role in busy and not wait else (role, {})
+        monkeypatch.setattr(models, "obtain_model", fake)
+        got = models.obtain_models(SPEC, micro_bench, tokenizer, tmp_path, seed=0)
+        assert got == {"target": ("target", {}), "oracle": ("oracle", {})}
+        return calls
+
+    assert obtain(set()) == [("target", False), ("oracle", True)]
+    assert obtain({"target"}) == [("target", False), ("oracle", False), ("target", True)]
+    assert obtain({"target", "oracle"}) == [("target", False), ("oracle", False), ("target", True), ("oracle", True)]
