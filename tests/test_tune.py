@@ -241,16 +241,18 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
 
 
 SHIPPED = "bench/assets/tuned_synthetic_tiny.yaml"
+SHIPPED_3SEEDS = "bench/assets/tuned_synthetic_tiny_3seeds.yaml"
 
 
-@pytest.mark.parametrize("preset", ["paper", "compare"])
-def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, preset):
-    """The shipped tuned file loads (from any working directory) and is what the paper and compare (Quickstart)
-    presets run: each method gets exactly the file's chosen (or closest) values; the file's tuning seeds are not
-    reported seeds."""
-    data = tune.load_tuned(SHIPPED)
+@pytest.mark.parametrize("preset,shipped", [("paper", SHIPPED), ("compare", SHIPPED), ("paper", SHIPPED_3SEEDS)])
+def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, preset, shipped):
+    """The shipped tuned files load (from any working directory): the one-seed file is what the paper and compare
+    (Quickstart) presets run, the three-seed file is accepted by the paper preset (tuned under its config); each
+    method gets exactly the file's chosen (or closest) values; the file's tuning seeds are not reported seeds."""
+    data = tune.load_tuned(shipped)
     assert set(data["seeds"]).isdisjoint(range(5))
-    assert compose_config(f"+experiment={preset}", micro=False).tuned == SHIPPED
+    override = [] if shipped == SHIPPED else [f"tuned={shipped}"]
+    assert compose_config(f"+experiment={preset}", *override, micro=False).tuned == shipped
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative to the project, not to where the run is started
     try:
@@ -259,8 +261,8 @@ def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, pres
             if entry is None:  # a method without a tune: block (a control) runs its YAML
                 continue
             values = entry["values"] if entry["values"] is not None else entry["closest"]["values"]
-            run = Run(compose_config(f"+experiment={preset}", f"method={name}", f"cache_dir={tmp_path}", micro=False),
-                      tmp_path / "run", name)
+            run = Run(compose_config(f"+experiment={preset}", *override, f"method={name}", f"cache_dir={tmp_path}",
+                                     micro=False), tmp_path / "run", name)
             assert {k: run.resolved["method"][k] for k in values} == values, name
             assert run.tuning["status"] == ("chosen" if entry["values"] is not None else tune.CLOSEST), name
     finally:
