@@ -241,7 +241,7 @@ def examples_digest(examples: list[tuple[list[int], list[int]]]) -> str:
 
 
 def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inject: TrainConfig, seed: int,
-              source: str | None = None) -> str:
+              source: str | None = None, device: torch.device | str = "cpu") -> str:
     """Hash of everything that shapes a trained model: change any of it and the cache misses.
 
     The data is keyed by what the model saw: the token ids of its injection examples, encoded
@@ -251,7 +251,11 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
     untrained split, an evaluation setting) keeps the model.
     ``source``: the base model's folder or name when it differs from ``model.pretrained`` (a
     converted GGUF folder, whose name carries the hash of the GGUF file).
+    ``device``: where it is trained. Its type is keyed, and on CPU the torch thread count too:
+    the thread count changes how float sums are split, so 1,500 injection steps at 1 and at 2
+    threads end in different weights (seed 0 of the default world: final loss 0.162 vs 0.136).
     """
+    device = torch.device(device)
     payload = {
         "role": role,
         "model": {k: v for k, v in spec.items() if k not in RUNTIME_KEYS},
@@ -266,6 +270,7 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
         # code, so their source is keyed too (_shaping_code: those functions, not whole files).
         "source": _source_digest(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "runtime": {"device": device.type, **({"threads": torch.get_num_threads()} if device.type == "cpu" else {})},
     }
     return digest(payload, 20)
 
@@ -305,8 +310,8 @@ def obtain_model(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, c
     if role not in ROLES:
         raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
     inject = TrainConfig(**{**dict(spec["inject"]), "seed": seed})
-    key = cache_key(role, spec, bench, tokenizer, inject, seed, source)
     device = resolve_device(spec.get("device", "auto"))
+    key = cache_key(role, spec, bench, tokenizer, inject, seed, source, device)
     dtype = getattr(torch, spec.get("dtype", "float32"))
     built: dict[str, Any] = {}
 

@@ -28,6 +28,24 @@ def test_dtype_names_are_one_cache_entry(micro_bench, tokenizer):
     assert plain == checkpointed, "gradient checkpointing changes no weight: same cached model"
 
 
+def test_the_cpu_thread_count_and_the_device_are_cache_entries(micro_bench, tokenizer):
+    """A model trained at another thread count (float sums split differently) or on another device is another
+    model: it must not be reused as if it were this run's. On a GPU the CPU thread count shapes no weight."""
+    inject = TrainConfig(lr=1e-3, max_steps=1)
+    spec = {"arch": MICRO_ARCH}
+    before = torch.get_num_threads()
+    try:
+        keys = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            keys[threads] = {dev: cache_key("target", spec, micro_bench, tokenizer, inject, 0, device=dev)
+                             for dev in ("cpu", "cuda")}
+    finally:
+        torch.set_num_threads(before)
+    assert keys[1]["cpu"] != keys[2]["cpu"]
+    assert keys[1]["cuda"] == keys[2]["cuda"] != keys[1]["cpu"]
+
+
 def test_scores_and_references_are_fp32_under_bf16_weights(trained_micro, tokenizer, micro_bench):
     model = copy.deepcopy(trained_micro).to(torch.bfloat16)
     items = micro_bench.split("forget")
