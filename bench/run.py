@@ -26,7 +26,6 @@ from typing import Any, Sequence
 
 import huggingface_hub
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method
@@ -46,9 +45,9 @@ from bench.pretrained import RULE, known_forget
 from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block
 from bench.settings import did_you_mean, parse_arguments, parse_settings
-from bench.scoring import score_answers
-from bench.items import forced_choice, mcq_correct, option_pairs, prompts
+from bench.items import mcq_correct
 from bench.stage_cache import cached_stage, stage_identity
+from bench.stopping import StopCheck
 from bench.suites import (Row, SuiteContext, available_suites, check_suites_against_model, evaluate_suites,
                           validate_settings)
 from bench.tokenizer import load_model_tokenizer
@@ -147,30 +146,6 @@ class StopRule:
             assert oracle_mcq is not None
             return oracle_mcq + self.margin
         return self.value
-
-
-class StopCheck:
-    """What the stopping rule measures at each check: forget mcq_acc (forced choice) and retain em.
-
-    The pairs are built once per unlearning call and scored in one ``score_answers`` call: the
-    forget options share their prompt's pass, tokenisation is cached, so a check costs one pass
-    over each forget prompt with its options plus one over each retain question (bench/perf)."""
-
-    def __init__(self, bench: Benchmark, tokenizer, forget: list[QAItem], retain: list[QAItem], retain_items: int | None = None):
-        if retain_items is not None and retain_items < len(retain):  # evenly spread, so every part of the split counts
-            retain = [retain[i] for i in sorted({round(x) for x in np.linspace(0, len(retain) - 1, retain_items)})]
-        self.tokenizer, self.forget, self.retain = tokenizer, forget, retain
-        self.prompts, self.answers = option_pairs(bench, forget)
-        self.n_options = len(self.prompts)
-        self.prompts += prompts(bench, retain, "question")
-        self.answers += [it.answer for it in retain]
-
-    def __call__(self, model: torch.nn.Module) -> tuple[float, float]:
-        """(forget mcq_acc, retain em; NaN without retain items)."""
-        scored = score_answers(model, self.tokenizer, self.prompts, self.answers)
-        options = scored.option_logprob[: self.n_options].reshape(len(self.forget), -1)
-        retain_em = float(scored.exact[self.n_options :].mean()) if self.retain else float("nan")
-        return float(forced_choice(options, self.forget).mean()), retain_em
 
 
 @dataclass
@@ -410,14 +385,15 @@ class Run:
         trace: list[dict[str, Any]] = []
         bench, tok = self.bench, self.tokenizer
 
-        check = StopCheck(bench, tok, forget, retain, self.settings.unlearn.check_retain)
+        u = self.settings.unlearn
+        check = StopCheck(bench, tok, forget, retain, u.check_retain, target=target, trace_every=u.trace_every,
+                          max_steps=u.max_steps)
 
         def should_stop(model, step: int) -> bool:
-            acc, retain_em = check(model)
-            trace.append({"step": step, "forget_mcq_acc": acc, "retain_em": retain_em})
-            return acc <= target
+            verdict = check.check(model, step)
+            trace.append({"step": step, **verdict.entry})
+            return verdict.stop
 
-        u = self.settings.unlearn
         uctx = UnlearnContext(seed=self.settings.seed, device=self.device, max_steps=u.max_steps, batch_size=u.batch_size,
                               warmup_steps=u.warmup_steps, check_every=u.check_every, grad_clip=u.grad_clip,
                               should_stop=should_stop if target is not None else None, requests=self.n_requests)
@@ -425,7 +401,9 @@ class Run:
         unlearned, result = method.unlearn(model, UnlearnData(bench=bench, tokenizer=tok, forget=forget, retain=retain), uctx)
         reached = None
         if target is not None:
-            reached = bool(trace and trace[-1]["forget_mcq_acc"] <= target and not result.diverged)
+            # A partial check's entry has no forget_mcq_acc: its verdict was "go on", so the target was not reached.
+            last = trace[-1].get("forget_mcq_acc") if trace else None
+            reached = bool(last is not None and last <= target and not result.diverged)
         return Outcome(unlearned, result, trace, target, reached)
 
     def oracle_mcq(self, items: list[QAItem]) -> float:

@@ -26,9 +26,11 @@ class UnlearnSettings:
     ``oracle`` = the oracle's forget mcq_acc on the same items + stop_margin (matched to the
     retrained model); ``chance`` = at or below chance (the Ssiuu paper's rule); a number in
     [0, 1]; null = fixed-step mode (no stopping rule). check_retain: how many retain items (evenly
-    spread over the split) each check scores for the stop trace's retain em; null = every one. The
-    stopping rule itself reads only forget mcq; the trace's retain em is most of a check's cost and
-    grows with the world (README "Speed").
+    spread over the split) each full check scores for the stop trace's retain em; null = every one.
+    trace_every: steps between full checks (bench.stopping): a full check scores every forget item and
+    the retain items and records both in the stop trace (the tradeoff plot's trajectory); the checks
+    between decide the rule from as few forget items as decide it. null = every check is full. The
+    stopping rule itself reads only forget mcq: neither key changes when a run stops (README "Speed").
     """
 
     max_steps: int = bounded(300, ge=1)
@@ -39,6 +41,7 @@ class UnlearnSettings:
     stop_at: Literal["auto", "oracle", "chance"] | float | None = "auto"
     stop_margin: float = bounded(0.05, ge=0, lt=1)
     check_retain: int | None = bounded(None, ge=1)
+    trace_every: int | None = bounded(25, ge=1)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_at, float) and not 0 <= self.stop_at <= 1:

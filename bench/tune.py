@@ -55,6 +55,8 @@ NO_SETTING = "no setting reached the target"
 CLOSEST = TUNED_CLOSEST
 # Keys of the run config the tuned values depend on (beyond the method): a run loading the file must match them.
 CONTEXT_KEYS = ("benchmark", "model", "unlearn", "continual")
+# What full stopping checks record, not when a run stops (bench.stopping): a tuned file holds for any value.
+TRACE_ONLY_KEYS = {"unlearn": ("check_retain", "trace_every")}
 
 
 class TuneError(ConfigError):
@@ -206,13 +208,15 @@ class Plan:
 
 
 def context_of(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The blocks the tuned values depend on, with the seed-following keys removed (they differ by seed)."""
+    """The blocks the tuned values depend on, without the seed-following keys (they differ by seed) and the
+    keys that shape only the stop trace (``TRACE_ONLY_KEYS``: a run stops at the same step whatever they are)."""
     seed = resolved.get("seed")
     ctx = {}
     for key in CONTEXT_KEYS:
         block = resolved.get(key)
         if isinstance(block, Mapping):
-            block = {k: v for k, v in block.items() if not (k == "seed" and v == seed)}
+            block = {k: v for k, v in block.items()
+                     if not (k == "seed" and v == seed) and k not in TRACE_ONLY_KEYS.get(key, ())}
         ctx[key] = block
     return ctx
 
@@ -519,7 +523,8 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
         if key in values:
             raise TuneError(f"method.{key} is set on the command line and also tuned in tuned={path}; drop one of "
                             "them (tuned=null to run your own value)")
-    want = data.get("context") or {}
+    want = {k: ({kk: vv for kk, vv in v.items() if kk not in TRACE_ONLY_KEYS.get(k, ())} if isinstance(v, Mapping) else v)
+            for k, v in (data.get("context") or {}).items()}  # a file written before TRACE_ONLY_KEYS holds them
     have = context_of(resolved)
     for key in CONTEXT_KEYS:
         if key in want:

@@ -13,9 +13,12 @@ process are robust to other load on the machine; absolute times are upper bounds
    plain scoring of the same pairs, interleaved.
 3. evaluation: the knowledge suite's item scores over every split view (ms per prompt), with and
    without skipping the generations em already decides, and the privacy suite.
-4. stopping check: one check (``bench.run.StopCheck``) against ``check_every`` training steps, on
+4. stopping check (``bench.stopping.StopCheck``): a full check and a partial one (the target model,
+   far above the target: the checks between full ones) against ``check_every`` training steps, on
    this world and on one with ``--people`` people (4× the default: the check grows with the world,
-   a step does not).
+   a step does not); then whole GradDiff unlearning runs to the stopping target (lr 1e-3, α 3),
+   every check full (``trace_every`` null) against the default, interleaved: the time in checks,
+   and whether both stopped at the same step.
 
 The trained target comes from the model cache (``obtain_model``: trained on a miss); the bigger
 world's check is timed on an untrained model of the same shape (scoring cost does not depend on
@@ -39,9 +42,10 @@ from transformers import AutoModelForCausalLM
 
 from bench.items import SPLIT_VIEWS, option_pairs, prompts, score_items
 from bench.method import UnlearnContext, UnlearnData, paired_batches
-from bench.models import build_base_model, obtain_model
+from bench.models import obtain_model
 from bench.perf.setup import load
-from bench.run import StopCheck, build_benchmark, resolve
+from bench.run import build_benchmark, build_method, resolve
+from bench.stopping import StopCheck
 from bench.scoring import greedy_answers, score_answers
 from bench.suites import SuiteContext, validate_settings
 from bench.suites import privacy
@@ -183,13 +187,55 @@ def evaluation_cost(setup, model, repeats: int) -> None:
           f"privacy {times['privacy']:.2f} s")
 
 
-def check_share(setup, bench, model, label: str, step_s: float, repeats: int) -> None:
-    check = StopCheck(bench, setup.tokenizer, bench.split("forget"), bench.split("retain"))
-    check(model)  # the first call tokenises; later checks reuse it
-    t = median_time(lambda: check(model), repeats)
+def check_costs(setup, bench, model, label: str, step_s: float, repeats: int, target: float) -> None:
+    """A full check and a partial one (``model`` far above ``target``) against the steps between checks."""
+    forget, retain = bench.split("forget"), bench.split("retain")
+    check = StopCheck(bench, setup.tokenizer, forget, retain, target=target, trace_every=10**9)
+    first = check.check(model, 0)  # full: tokenises and sets the margins; later checks at step 5 are partial
+    times = interleaved({"full": lambda: check(model), "partial": lambda: check.check(model, 5)}, repeats)
+    scored = check.check(model, 5).entry.get("forget_items_scored", len(forget))
     every = setup.cfgs["graddiff"].unlearn.check_every
-    print(f"   {label}: {len(bench.split('forget'))} forget, {len(bench.split('retain'))} retain items: check "
-          f"{1e3 * t:.1f} ms = {100 * t / (every * step_s):.0f}% of the {every} training steps between checks")
+    share = lambda t: f"{1e3 * t:.1f} ms = {100 * t / (every * step_s):.0f}%"  # noqa: E731
+    print(f"   {label}: {len(forget)} forget, {len(retain)} retain items; model at forget mcq "
+          f"{first.entry['forget_mcq_acc']:.3f}, target {target:.3f}: full check {share(times['full'])}, partial check "
+          f"{share(times['partial'])} ({scored} forget items scored) of the {every} training steps between checks")
+
+
+def checks_in_a_run(setup, model, repeats: int) -> None:
+    """GradDiff unlearning to the stopping target, every check full against the default, interleaved."""
+    bench, cfg = setup.bench, setup.cfgs["graddiff"]
+    u = cfg.unlearn
+    forget, retain = bench.split("forget"), bench.split("retain")
+    data = UnlearnData(bench=bench, tokenizer=setup.tokenizer, forget=forget, retain=retain)
+    target = bench.chance + u.stop_margin
+
+    def run(trace_every):
+        check = StopCheck(bench, setup.tokenizer, forget, retain, u.check_retain, target=target,
+                          trace_every=trace_every, max_steps=u.max_steps)
+        spent = []
+
+        def should_stop(m, step):
+            start = time.perf_counter()
+            stop = check.check(m, step).stop
+            spent.append(time.perf_counter() - start)
+            return stop
+
+        ctx = UnlearnContext(seed=setup.seed, device=setup.device, max_steps=u.max_steps, batch_size=u.batch_size,
+                             check_every=u.check_every, grad_clip=u.grad_clip, should_stop=should_stop)
+        method = build_method({**resolve(cfg.method), "lr": 1e-3, "alpha": 3.0})
+        start = time.perf_counter()
+        _, result = method.unlearn(copy.deepcopy(model), data, ctx)
+        return time.perf_counter() - start, sum(spent), len(spent), result.steps
+
+    runs: dict[str, list[tuple]] = {"every check full": [], f"trace_every {u.trace_every}": []}
+    for _ in range(repeats):
+        runs["every check full"].append(run(None))
+        runs[f"trace_every {u.trace_every}"].append(run(u.trace_every))
+    print(f"   GradDiff (lr 1e-3, alpha 3) to forget mcq <= {target:.2f}, {repeats} runs each, interleaved:")
+    for name, rs in runs.items():
+        wall, checks, n, steps = (statistics.median(x) for x in zip(*rs))
+        print(f"     {name}: {steps:.0f} steps, {n:.0f} checks: {wall:.1f} s, of it checks {checks:.1f} s "
+              f"= {100 * checks / (wall - checks):.0f}% of the training time")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sample", type=int, default=96, help="prompts timed with per-item generate")
     ap.add_argument("--people", type=int, default=320, help="people of the bigger world for the check's share")
+    ap.add_argument("--run-repeats", type=int, default=1, help="GradDiff unlearning runs per check mode (section 4)")
     ap.add_argument("--target", default=None,
                     help="a saved model folder to time instead of the cached target (e.g. one trained by another "
                          "commit: two commits compared on the same weights)")
@@ -226,10 +273,14 @@ def main(argv: list[str] | None = None) -> None:
         (harness_steps(factory, target, data, ctx_kwargs, args.warmup + args.steps)
          - harness_steps(factory, target, data, ctx_kwargs, args.warmup)) / args.steps for _ in range(args.repeats))
     print(f"4. stopping check (GradDiff step {1e3 * step_s:.2f} ms):")
-    check_share(setup, bench, target, "this world", step_s, args.repeats)
+    stop_target = bench.chance + u.stop_margin
+    check_costs(setup, bench, target, "this world", step_s, args.repeats, stop_target)
     big = build_benchmark({**resolve(cfg.benchmark), "n_people": args.people})
-    fresh = build_base_model(setup.spec, tok, setup.seed, setup.source).to(setup.device).eval()
-    check_share(setup, big, fresh, f"{args.people} people", step_s, args.repeats)
+    # The bigger world's target model: trained like the default one (the model cache keeps it for the next run).
+    big_target, _ = obtain_model("target", setup.spec, big, tok, setup.cache_dir, setup.seed, setup.source)
+    check_costs(setup, big, big_target.to(setup.device).eval(), f"{args.people} people", step_s, args.repeats,
+                big.chance + u.stop_margin)
+    checks_in_a_run(setup, target, args.run_repeats)
 
 
 if __name__ == "__main__":
