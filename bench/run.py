@@ -532,6 +532,56 @@ def check_group_choices(args: list[str]) -> None:
         for name in names:
             if name not in options:
                 raise ConfigError(f"unknown {group} {name!r}: {did_you_mean(name, options)}available in conf/{group}/: {options}")
+    check_override_keys(overrides)
+
+
+_ABSENT = object()
+
+
+def check_override_keys(overrides: list) -> None:
+    """A plain ``key=value`` must name a key of the config its job composes (Hydra's own message for a typo
+    is several lines and suggests ``+key``, which would add the typo). Each choice of a config group on the
+    command line (``method=ga,graddiff``) is composed in turn, the other groups at their first choice."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import DictConfig
+
+    def is_group(o) -> bool:
+        return (CONF / o.key_or_group).is_dir()
+
+    def choices(o) -> list[str]:
+        if o.is_sweep_override():
+            return list(o.sweep_string_iterator())
+        value = o.value()
+        return [str(value)] if not isinstance(value, list) else [o.get_value_element_as_str()]
+
+    plain = [o for o in overrides if not (o.is_add() or o.is_delete() or o.is_force_add() or is_group(o)
+                                          or o.key_or_group.startswith("hydra"))]
+    if not plain:
+        return
+    fixed = [o for o in overrides if o not in plain]
+    first = {id(o): f"{'+' if o.is_add() else ''}{o.key_or_group}={choices(o)[0]}" for o in fixed}
+    variants = [list(first.values())]
+    for o in fixed:
+        if is_group(o) and len(choices(o)) > 1:
+            variants += [[f"{'+' if o.is_add() else ''}{o.key_or_group}={c}" if id(f) == id(o) else first[id(f)]
+                          for f in fixed] for c in choices(o)[1:]]
+    for variant in variants:
+        try:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                cfg = compose("config", overrides=variant)
+        except HydraException:
+            return  # Hydra reports what is wrong with the groups itself
+        for o in plain:
+            key = o.key_or_group
+            if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+                continue
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+            allowed = sorted(node.keys()) if isinstance(node, DictConfig) else []
+            under = f" with {' '.join(v for v in variant if v.split('=')[0].lstrip('+') in ('method', 'benchmark', 'model', 'experiment'))}" if variant else ""
+            raise ConfigError(f"unknown config key {key!r}{under}: {did_you_mean(leaf, [str(a) for a in allowed])}"
+                              f"keys of {parent or 'the config'}: {allowed}")
 
 
 if __name__ == "__main__":

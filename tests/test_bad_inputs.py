@@ -174,3 +174,27 @@ def test_null_takes_the_default_in_model_blocks(tmp_path):
 
     r = Run(compose_config("model.inject.batch_size=null", "model.device=null", f"cache_dir={tmp_path}"), tmp_path / "run", "ga")
     assert r.model_spec["inject"]["batch_size"] == TrainConfig(lr=1.0, max_steps=1).batch_size
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["unlearn.trace_evry=10"], ["unknown config key 'unlearn.trace_evry'", "did you mean 'trace_every'"]),
+    (["sed=1"], ["unknown config key 'sed'", "did you mean 'seed'"]),
+    (["method=graddiff", "method.alpah=2"], ["'method.alpah'", "with method=graddiff", "did you mean 'alpha'"]),
+    (["method=graddiff,ga", "method.alpha=2"], ["unknown config key 'method.alpha' with method=ga"]),  # each choice
+])
+def test_a_misspelt_key_names_the_key_and_the_fix(args, needles):
+    from bench.run import check_group_choices
+
+    with pytest.raises(UserError) as info:
+        check_group_choices(args)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+    check_group_choices(["+experiment=compare", "unlearn.trace_every=10", "method=graddiff", "method.alpha=2",
+                         "suite_settings.knowledge.batch_size=4", "seed=0,1", "hydra.launcher.n_jobs=1"])  # valid
+
+
+def test_cli_misspelt_key_is_one_line(tmp_path):
+    proc = _cli("unlearn.check_evry=3", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "unknown config key 'unlearn.check_evry'" in errors[0] and "'check_every'" in errors[0], errors

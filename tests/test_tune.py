@@ -203,6 +203,18 @@ def test_tuned_file_misuse_fails_before_compute(tmp_path, case, needles):
     assert not (tmp_path / "models").exists()
 
 
+def test_trace_only_keys_do_not_void_a_tuned_file(tmp_path):
+    """check_retain and trace_every shape the stop trace, not when a run stops: a file tuned under other values
+    (or written before trace_every existed) still applies."""
+    old_context = {"unlearn": {**{k: v for k, v in compose_config().unlearn.items() if k != "trace_every"},
+                               "check_retain": 64}}
+    path = _tuned_file(tmp_path, {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}}, context=old_context)
+    r = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "unlearn.trace_every=5", "unlearn.check_retain=7"),
+            tmp_path / "run", "ga")
+    assert r.method.lr == 3e-4
+    assert "trace_every" not in tune.context_of(r.resolved)["unlearn"]
+
+
 def test_a_method_no_setting_of_which_reached_runs_its_closest_setting_marked(tmp_path):
     from bench.report import records_frame, build_table, legend
 
