@@ -12,7 +12,7 @@ stop once ``correct / n <= target``. Two kinds of check decide it:
   score. Early in unlearning that takes about ``target × n`` items, not ``n``, and no retain item.
 
 So the verdict is the full check's verdict at every check (up to float rounding: an item's
-log-probs move by ~1e-6 nats with the batch it is packed in; bench/perf, "stopping check"). The
+log-probs move by up to ~6e-6 nats with the batch it is packed in; README "Stopping rule"). The
 partial entries of the trace carry a lower bound instead of the score.
 """
 
