@@ -559,13 +559,15 @@ def check_override_keys(overrides: list) -> None:
                                           or o.key_or_group.startswith("hydra"))]
     if not plain:
         return
-    fixed = [o for o in overrides if o not in plain]
-    first = {id(o): f"{'+' if o.is_add() else ''}{o.key_or_group}={choices(o)[0]}" for o in fixed}
-    variants = [list(first.values())]
-    for o in fixed:
-        if is_group(o) and len(choices(o)) > 1:
-            variants += [[f"{'+' if o.is_add() else ''}{o.key_or_group}={c}" if id(f) == id(o) else first[id(f)]
-                          for f in fixed] for c in choices(o)[1:]]
+    fixed = [o for o in overrides if o not in plain]  # group choices and additions: what the config is composed from
+
+    def line(o, choice: str) -> str:
+        return f"{'+' if o.is_add() else ''}{o.key_or_group}={choice}"
+
+    variants = [[line(o, choices(o)[0]) for o in fixed]]
+    for i, o in enumerate(fixed):
+        if is_group(o):
+            variants += [variants[0][:i] + [line(o, c)] + variants[0][i + 1:] for c in choices(o)[1:]]
     for variant in variants:
         try:
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -579,7 +581,8 @@ def check_override_keys(overrides: list) -> None:
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
             allowed = sorted(node.keys()) if isinstance(node, DictConfig) else []
-            under = f" with {' '.join(v for v in variant if v.split('=')[0].lstrip('+') in ('method', 'benchmark', 'model', 'experiment'))}" if variant else ""
+            groups = [v for f, v in zip(fixed, variant) if is_group(f)]
+            under = f" with {' '.join(groups)}" if groups else ""
             raise ConfigError(f"unknown config key {key!r}{under}: {did_you_mean(leaf, [str(a) for a in allowed])}"
                               f"keys of {parent or 'the config'}: {allowed}")
 
