@@ -389,9 +389,12 @@ class Run:
         check = StopCheck(bench, tok, forget, retain, u.check_retain, target=target, trace_every=u.trace_every,
                           max_steps=u.max_steps)
 
+        verdicts: list[bool] = []
+
         def should_stop(model, step: int) -> bool:
             verdict = check.check(model, step)
             trace.append({"step": step, **verdict.entry})
+            verdicts.append(verdict.stop)
             return verdict.stop
 
         uctx = UnlearnContext(seed=self.settings.seed, device=self.device, max_steps=u.max_steps, batch_size=u.batch_size,
@@ -401,9 +404,9 @@ class Run:
         unlearned, result = method.unlearn(model, UnlearnData(bench=bench, tokenizer=tok, forget=forget, retain=retain), uctx)
         reached = None
         if target is not None:
-            # A partial check's entry has no forget_mcq_acc: its verdict was "go on", so the target was not reached.
-            last = trace[-1].get("forget_mcq_acc") if trace else None
-            reached = bool(last is not None and last <= target and not result.diverged)
+            reached = bool(verdicts and verdicts[-1] and not result.diverged)
+            if not result.diverged:
+                check.finish(unlearned, trace)
         return Outcome(unlearned, result, trace, target, reached)
 
     def oracle_mcq(self, items: list[QAItem]) -> float:
@@ -576,10 +579,11 @@ def check_override_keys(overrides: list) -> None:
             return  # Hydra reports what is wrong with the groups itself
         for o in plain:
             key = o.key_or_group
-            if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
-                continue
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+            # A key's existence, not its value: select() says "absent" for a mandatory `???` (benchmark.path).
+            if (isinstance(node, DictConfig) and leaf in node.keys()) or OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+                continue
             allowed = sorted(node.keys()) if isinstance(node, DictConfig) else []
             groups = [v for f, v in zip(fixed, variant) if is_group(f)]
             under = f" with {' '.join(groups)}" if groups else ""

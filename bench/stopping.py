@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import distributed
 from bench.benchmark import Benchmark, QAItem
 from bench.items import forced_choice, option_pairs, prompts
 from bench.scoring import score_answers
@@ -87,7 +88,7 @@ class StopCheck:
                 idx = order[scored: scored + take]
                 correct += int(self._score_forget(model, idx).sum())
                 scored += len(idx)
-                if correct > self.allowed:  # more correct than the target allows: go on, whatever the rest score
+                if self._agreed(model, correct > self.allowed):  # more correct than the target allows: go on
                     n = len(self.forget)
                     return Verdict(False, {"forget_mcq_acc_at_least": correct / n, "forget_items_scored": scored})
             # Every item scored and the rule says stop: record the full entry (retain em too).
@@ -98,7 +99,22 @@ class StopCheck:
         self.last_full = step
         return Verdict(self.target is not None and acc <= self.target, {"forget_mcq_acc": acc, "retain_em": retain_em})
 
+    def finish(self, model: torch.nn.Module, trace: list[dict[str, Any]]) -> None:
+        """End the trace with a full entry: a method whose step budget is below the run's (MRP with ``epochs``)
+        ends on a check that did not know it was the last. ``model``: the weights that check saw."""
+        if trace and "forget_mcq_acc" not in trace[-1]:
+            acc, retain_em = self(model)
+            trace[-1] = {"step": trace[-1]["step"], "forget_mcq_acc": acc, "retain_em": retain_em}
+
     # ---- parts ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _agreed(model: torch.nn.Module, flag: bool) -> bool:
+        """``flag`` on every rank of a sharded model (each rank must run the same forwards), else ``flag``."""
+        params = list(model.parameters())
+        if not distributed.is_sharded(params):
+            return flag
+        return not distributed.any_rank(not flag, params[0].device)
 
     def _forced_choice(self, idx: np.ndarray, option_logprobs: np.ndarray) -> np.ndarray:
         """Forced choice of the items ``idx`` from their options' log-probs (flat, item by item); updates margins."""

@@ -191,6 +191,8 @@ def test_a_misspelt_key_names_the_key_and_the_fix(args, needles):
         assert needle in str(info.value), str(info.value)
     check_group_choices(["+experiment=compare", "unlearn.trace_every=10", "method=graddiff", "method.alpha=2",
                          "suite_settings.knowledge.batch_size=4", "seed=0,1", "hydra.launcher.n_jobs=1"])  # valid
+    check_group_choices(["benchmark=file", "benchmark.path=/x.json"])  # a mandatory ??? key is a key
+    check_group_choices(["model=hf", "model.pretrained=foo/bar"])
 
 
 def test_cli_misspelt_key_is_one_line(tmp_path):

@@ -65,3 +65,16 @@ def test_partial_checks_score_the_most_confident_items_first(trained_micro, micr
     verdict = check.check(trained_micro, 5)
     assert verdict.entry["forget_items_scored"] == 1  # target 0: the most confident item (correct) decides "go on"
     assert np.argmax(margins) == np.argsort(-margins, kind="stable")[0]
+
+
+def test_finish_ends_the_trace_with_a_full_entry(trained_micro, micro_bench, tokenizer):
+    """A method with a smaller step budget than the run's (MRP with epochs) ends on a partial check."""
+    forget, retain = _forget(micro_bench)
+    check = StopCheck(micro_bench, tokenizer, forget, retain, target=0.0, trace_every=100, max_steps=300, min_batch_items=1)
+    trace = [{"step": s, **check.check(trained_micro, s).entry} for s in (0, 5)]
+    assert "forget_mcq_acc" not in trace[-1]
+    check.finish(trained_micro, trace)
+    assert trace[-1]["step"] == 5 and trace[-1]["forget_mcq_acc"] == trace[0]["forget_mcq_acc"] and "retain_em" in trace[-1]
+    before = list(trace)
+    check.finish(trained_micro, trace)  # a full last entry stays as it is
+    assert trace == before
