@@ -562,7 +562,8 @@ def check_override_keys(overrides: list) -> None:
                                           or o.key_or_group.startswith("hydra"))]
     if not plain:
         return
-    fixed = [o for o in overrides if o not in plain]  # group choices and additions: what the config is composed from
+    # Group choices and additions: what the config is composed from (hydra.* settings shape the launch, not the job).
+    fixed = [o for o in overrides if o not in plain and (is_group(o) or not o.key_or_group.startswith("hydra"))]
 
     def line(o, choice: str) -> str:
         return f"{'+' if o.is_add() else ''}{o.key_or_group}={choice}"

@@ -179,6 +179,7 @@ def test_null_takes_the_default_in_model_blocks(tmp_path):
 @pytest.mark.parametrize("args,needles", [
     (["unlearn.trace_evry=10"], ["unknown config key 'unlearn.trace_evry'", "did you mean 'trace_every'"]),
     (["sed=1"], ["unknown config key 'sed'", "did you mean 'seed'"]),
+    (["hydra.launcher.n_jobs=2", "sed=1"], ["unknown config key 'sed'"]),  # a launch setting does not hide it
     (["method=graddiff", "method.alpah=2"], ["'method.alpah'", "with method=graddiff", "did you mean 'alpha'"]),
     (["method=graddiff,ga", "method.alpha=2"], ["unknown config key 'method.alpha' with method=ga"]),  # each choice
 ])
