@@ -272,6 +272,9 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
         logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
                        use_cache=False, logits_to_keep=torch.from_numpy(keep).to(device)).logits
+        if logits.dim() != 2 or logits.shape[0] != int(flat[-1]) + 1:  # a model that ignored the boolean mask
+            raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
+                               "logits_to_keep; shared-prefix scoring needs transformers>=5.21 (pip install -U transformers)")
         picked = logits[torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]).to(device)].float()
         tgt = torch.tensor(targets, device=device)
         logp = torch.gather(F.log_softmax(picked, dim=-1), 1, tgt[:, None]).squeeze(1).cpu()
