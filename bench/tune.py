@@ -213,12 +213,18 @@ def context_of(resolved: Mapping[str, Any]) -> dict[str, Any]:
     seed = resolved.get("seed")
     ctx = {}
     for key in CONTEXT_KEYS:
-        block = resolved.get(key)
+        block = _without_trace_keys(key, resolved.get(key))
         if isinstance(block, Mapping):
-            block = {k: v for k, v in block.items()
-                     if not (k == "seed" and v == seed) and k not in TRACE_ONLY_KEYS.get(key, ())}
+            block = {k: v for k, v in block.items() if not (k == "seed" and v == seed)}
         ctx[key] = block
     return ctx
+
+
+def _without_trace_keys(name: str, block: Any) -> Any:
+    """The config block ``name`` without its ``TRACE_ONLY_KEYS``."""
+    if not isinstance(block, Mapping):
+        return block
+    return {k: v for k, v in block.items() if k not in TRACE_ONLY_KEYS.get(name, ())}
 
 
 def write_plan(plan: Plan, sweep_dir: Path) -> None:
@@ -523,8 +529,8 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
         if key in values:
             raise TuneError(f"method.{key} is set on the command line and also tuned in tuned={path}; drop one of "
                             "them (tuned=null to run your own value)")
-    want = {k: ({kk: vv for kk, vv in v.items() if kk not in TRACE_ONLY_KEYS.get(k, ())} if isinstance(v, Mapping) else v)
-            for k, v in (data.get("context") or {}).items()}  # a file written before TRACE_ONLY_KEYS holds them
+    # A file written before TRACE_ONLY_KEYS holds them.
+    want = {k: _without_trace_keys(k, v) for k, v in (data.get("context") or {}).items()}
     have = context_of(resolved)
     for key in CONTEXT_KEYS:
         if key in want:
