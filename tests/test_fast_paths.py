@@ -89,6 +89,27 @@ def test_paired_forward_gives_the_losses_and_gradients_of_two(trained_micro, mic
     assert max(float((a - b).abs().max()) for a, b in zip(grads[0][1], grads[1][1])) < 1e-5
 
 
+def test_graddiff_loss_equals_the_usual_hugging_face_formulation(trained_micro, micro_bench, tokenizer):
+    """bench.perf times the harness's GradDiff step against HF Trainer running the loss written the usual way
+    (two forwards, the model's own label loss, as OpenUnlearning's GradDiff): it must be the same loss."""
+    from bench.method import UnlearnBatch
+    from bench.perf.__main__ import usual_graddiff_loss
+    from methods.graddiff import GradDiff
+
+    forget = next(iter(BatchStream(qa_examples(tokenizer, micro_bench, micro_bench.split("forget")), 5, pad_id(tokenizer), 0)))
+    retain = next(iter(BatchStream(qa_examples(tokenizer, micro_bench, micro_bench.split("retain")), 7, pad_id(tokenizer), 1)))
+    batch = UnlearnBatch(forget=forget, retain=retain)
+    model = copy.deepcopy(trained_micro).train()
+    results = []
+    for loss_fn in (GradDiff(alpha=0.7).loss, usual_graddiff_loss(0.7)):
+        model.zero_grad()
+        loss = loss_fn(model, batch)
+        loss.backward()
+        results.append((float(loss.detach()), [p.grad.clone() for p in model.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)
+    assert max(float((a - b).abs().max()) for a, b in zip(results[0][1], results[1][1])) < 1e-5
+
+
 def test_skipped_generations_leave_every_item_score_unchanged(trained_micro, micro_bench, tokenizer):
     skipped = 0
     for split, (source, phrasing) in SPLIT_VIEWS.items():

@@ -5,7 +5,11 @@ the run config may follow) and checks nothing. Ratios of things timed alternatel
 process are robust to other load on the machine; absolute times are upper bounds on a busy one.
 
 1. step: a GradDiff unlearning step of the harness (``bench.train.train_loop``) against Hugging
-   Face ``Trainer`` minimising the same loss on the same batches (AdamW, grad clip 1, no schedule).
+   Face ``Trainer`` minimising the same loss on the same batches (AdamW, grad clip 1, no schedule),
+   the loss written two ways: the usual way (``−model(**forget).loss + α·model(**retain).loss``, two
+   forwards with every position's logits, as OpenUnlearning's GradDiff computes it) and with the
+   harness's own loss code (one forward over both halves, logits only at answer positions, no key/value
+   cache), which leaves only the loop itself (optimiser, clipping, batches) to compare.
 2. scoring: teacher-forced scoring of a stage's answers against per-item greedy ``generate`` (one
    prompt at a time, ``max_new_tokens`` of the benchmark), per prompt: em alone (gold answers),
    em + forced choice (gold + options) and every pair the knowledge suite scores (gold, perturbed,
@@ -78,16 +82,14 @@ def harness_steps(method_factory, model, data: UnlearnData, ctx_kwargs: dict, st
     return time.perf_counter() - start
 
 
-def trainer_steps(method_factory, model, batches: list, lr: float, steps: int, seed: int) -> float:
-    """Seconds of ``Trainer.train`` for ``steps`` steps of the method's loss on precomputed batches."""
+def trainer_steps(loss_fn, model, batches: list, lr: float, steps: int, seed: int) -> float:
+    """Seconds of ``Trainer.train`` for ``steps`` steps of ``loss_fn(model, batch)`` on precomputed batches."""
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    method = method_factory()
-
     class LossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return method.loss(model, batches[int(inputs["i"][0])])
+            return loss_fn(model, batches[int(inputs["i"][0])])
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=1, learning_rate=lr,
@@ -103,24 +105,47 @@ def trainer_steps(method_factory, model, batches: list, lr: float, steps: int, s
         return time.perf_counter() - start
 
 
+def usual_graddiff_loss(alpha: float) -> Callable:
+    """GradDiff's loss written the usual Hugging Face way, as OpenUnlearning's ``GradDiff.compute_loss`` does:
+    a forward per half, the model's own label loss (every position's logits, the key/value cache the
+    config asks for). The same value as the harness's ``GradDiff.loss`` (retain_loss: nll) up to float
+    rounding: both are the mean NLL over each half's answer tokens."""
+    def loss(model, batch):
+        f, r = batch.forget, batch.retain
+        forget = model(input_ids=f.input_ids, attention_mask=f.attention_mask, labels=f.labels).loss
+        retain = model(input_ids=r.input_ids, attention_mask=r.attention_mask, labels=r.labels).loss
+        return -forget + alpha * retain
+    return loss
+
+
 def step_ratio(setup, model, steps: int, warmup: int, repeats: int) -> None:
     bench, cfg = setup.bench, setup.cfgs["graddiff"]
     u = cfg.unlearn
     data = UnlearnData(bench=bench, tokenizer=setup.tokenizer, forget=bench.split("forget"), retain=bench.split("retain"))
     ctx_kwargs = dict(seed=setup.seed, device=setup.device, batch_size=u.batch_size, grad_clip=u.grad_clip)
     factory = lambda: setup.method("graddiff")  # noqa: E731
-    lr = factory().lr
+    method = factory()
+    if method.retain_loss != "nll":
+        raise SystemExit(f"bench.perf: the step section compares GradDiff with retain_loss nll, got {method.retain_loss!r}")
+    harness_loss = lambda model, batch: method.loss(model, batch)  # noqa: E731
+    usual_loss = usual_graddiff_loss(method.alpha)
     stream = paired_batches(data, UnlearnContext(max_steps=0, **ctx_kwargs))
     batches = [next(stream) for _ in range(warmup + steps)]
-    per: dict[str, list[float]] = {"harness": [], "trainer": []}
+    with torch.no_grad():
+        gap = abs(float(harness_loss(model, batches[0])) - float(usual_loss(model, batches[0])))
+    per: dict[str, list[float]] = {"harness": [], "usual": [], "same code": []}
     for _ in range(repeats):  # each: (warmup + steps) − warmup, so start-up costs cancel
         per["harness"].append(harness_steps(factory, model, data, ctx_kwargs, warmup + steps)
                               - harness_steps(factory, model, data, ctx_kwargs, warmup))
-        per["trainer"].append(trainer_steps(factory, model, batches, lr, warmup + steps, setup.seed)
-                              - trainer_steps(factory, model, batches, lr, warmup, setup.seed))
-    h, t = (statistics.median(per[k]) / steps for k in ("harness", "trainer"))
+        for name, loss_fn in (("usual", usual_loss), ("same code", harness_loss)):
+            per[name].append(trainer_steps(loss_fn, model, batches, method.lr, warmup + steps, setup.seed)
+                             - trainer_steps(loss_fn, model, batches, method.lr, warmup, setup.seed))
+    h, usual, same = (statistics.median(per[k]) / steps for k in ("harness", "usual", "same code"))
     print(f"1. GradDiff step (batch {u.batch_size} forget + {u.batch_size} retain, {steps} steps x {repeats}, interleaved):"
-          f" harness {1e3 * h:.2f} ms, HF Trainer same loss {1e3 * t:.2f} ms -> harness {t / h:.2f}x faster")
+          f" harness {1e3 * h:.2f} ms; HF Trainer, the loss written the usual way (two forwards, model(...).loss, as"
+          f" OpenUnlearning) {1e3 * usual:.2f} ms -> harness {usual / h:.2f}x faster; HF Trainer running the harness's"
+          f" loss code (the loop alone) {1e3 * same:.2f} ms -> {same / h:.2f}x; the two losses differ by {gap:.1e}"
+          f" on the first batch")
 
 
 def scoring_ratios(setup, model, repeats: int, sample: int) -> None:
