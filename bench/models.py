@@ -29,6 +29,7 @@ from bench.benchmark import Benchmark
 from bench.disk_cache import digest
 from bench.data import BatchStream, encode_text, pad_id, qa_examples
 from bench.errors import UserError
+from bench.record import runtime_identity
 from bench.scoring import mean_nll
 from bench.train import TrainConfig, train_loop
 
@@ -270,7 +271,7 @@ def cache_key(role: str, spec: dict[str, Any], bench: Benchmark, tokenizer, inje
         # code, so their source is keyed too (_shaping_code: those functions, not whole files).
         "source": _source_digest(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "runtime": {"device": device.type, **({"threads": torch.get_num_threads()} if device.type == "cpu" else {})},
+        "runtime": runtime_identity(device),
     }
     return digest(payload, 20)
 

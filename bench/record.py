@@ -91,6 +91,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def runtime_identity(device: torch.device | str) -> dict[str, Any]:
+    """The part of this process's runtime that can change a number, for cache keys (model, stage and
+    relearn-control caches: one definition): the device type and, on CPU, torch's thread count (the
+    threads split a reduction's float sums)."""
+    kind = torch.device(device).type
+    return {"device": kind, **({"threads": torch.get_num_threads()} if kind == "cpu" else {})}
+
+
 def provenance(seed: int, device: str) -> dict[str, Any]:
     versions = dict(package_versions())
     status = _git("status", "--porcelain")

@@ -42,7 +42,8 @@ from bench.method import Method, ModelShape, UnlearnContext, UnlearnData
 from bench.disk_cache import digest
 from bench.models import ModelConfigError, build_base_model, obtain_models, pretrained_source, resolve_device, validate_model_spec
 from bench.pretrained import RULE, known_forget
-from bench.record import code_version, config_hash, move_aside, provenance, read_record, same_identity, write_record
+from bench.record import (code_version, config_hash, move_aside, provenance, read_record, runtime_identity, same_identity,
+                          write_record)
 from bench.run_config import RunConfig, UnlearnSettings, check_model_block
 from bench.settings import did_you_mean, parse_arguments, parse_settings
 from bench.items import mcq_correct
@@ -338,7 +339,7 @@ class Run:
         model_keys = {stages.TARGET: self.target_info["key"], **({stages.ORACLE: oracle_key} if oracle_key else {})}
         self.identity = (stage_identity(model_keys,
                                         self.bench, list(self.suites), self.suite_settings,
-                                        {"threads": torch.get_num_threads(), "device": str(self.device)})
+                                        runtime_identity(self.device))
                          if s.reuse_stages else None)
 
     def evaluate(self, model: torch.nn.Module, stage: str) -> None:

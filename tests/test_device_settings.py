@@ -11,6 +11,7 @@ import torch
 from bench.data import BatchStream, pad_id, qa_examples
 from bench.items import prompts
 from bench.models import build_base_model, cache_key, runtime_settings
+from bench.record import runtime_identity
 from bench.reference import reference_logprobs
 from bench.run_config import check_model_block
 from bench.scoring import mean_nll, score_answers
@@ -44,6 +45,21 @@ def test_the_cpu_thread_count_and_the_device_are_cache_entries(micro_bench, toke
         torch.set_num_threads(before)
     assert keys[1]["cpu"] != keys[2]["cpu"]
     assert keys[1]["cuda"] == keys[2]["cuda"] != keys[1]["cpu"]
+
+
+def test_every_cache_keys_the_runtime_one_way():
+    """The model, stage and relearn-control caches key the runtime with one helper: the device type (a GPU's
+    index changes no number) and, on CPU only, the thread count."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = runtime_identity("cpu")
+        torch.set_num_threads(2)
+        two = runtime_identity(torch.device("cpu"))
+        assert one == {"device": "cpu", "threads": 1} and two == {"device": "cpu", "threads": 2}
+        assert runtime_identity("cuda:1") == runtime_identity(torch.device("cuda", 0)) == {"device": "cuda"}
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_scores_and_references_are_fp32_under_bf16_weights(trained_micro, tokenizer, micro_bench):

@@ -38,7 +38,8 @@ The oracle control depends only on the oracle, the attack settings and the seed,
 same for every method of a sweep: it is cached on disk (``<cache_dir>/relearn_control/``) under a
 hash of the oracle's model-cache key (which covers the benchmark's items and texts), the attack
 settings, the relearn seed and batch size, the harness code version, the library versions and
-the torch thread count; any change there computes it afresh.
+the runtime (``bench.record.runtime_identity``: device type, and torch's thread count on CPU); any change
+there computes it afresh.
 
 Stages: ``attacked/<attack>`` for the unlearned model, ``oracle_attacked/<attack>`` for the
 control, ``target_attacked/<attack>`` for the target (a no-op check: it knows every fact
@@ -59,13 +60,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from bench.attacks import (AttackConfigError, AttackSpec, attack_folds, nan_mean, parse_attacks, pooled_curve, repeat_maxima,
                            run_attack, score_facts, train_eval_items, worst_of, wrong_before)
 from bench.benchmark import Benchmark
 from bench.disk_cache import digest, pickled
-from bench.record import code_version, package_versions
+from bench.record import code_version, package_versions, runtime_identity
+from bench.scoring import model_device
 from bench.settings import bounded
 from bench.stages import ORACLE, TARGET, UNLEARNED
 from bench.suites import Row, SuiteContext, SuiteOutput, check_control_stages
@@ -227,7 +228,8 @@ def control_key(ctx: SuiteContext) -> str:
     """Hash of everything the oracle control depends on (see the module docstring)."""
     s = ctx.settings_of(SUITE)
     return digest({"oracle": ctx.oracle_key, "attacks": s.attacks, "seed": s.seed, "batch_size": s.batch_size,
-                   "code": code_version(), "packages": package_versions(), "threads": torch.get_num_threads()})
+                   "code": code_version(), "packages": package_versions(),
+                   "runtime": runtime_identity(model_device(ctx.oracle))})
 
 
 def oracle_control(ctx: SuiteContext) -> list[Outcome]:
