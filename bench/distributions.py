@@ -1,8 +1,8 @@
 """Next-token distributions at answer positions, for losses over the whole vocabulary (KL retain,
 UNDIAL, CE-U), where ``bench.scoring.token_logprobs`` gives only the gold token's log-prob.
 
-``bench.scoring.token_logprobs`` reads the gold token's log-prob from these same logits, so the
-two line up row for row. Logits are computed only from the position before the first label on
+``bench.scoring.token_logprobs`` computes the gold token's log-prob at the labelled positions only; its
+rows line up with these (the same [B, T−f] layout). Logits are computed only from the position before the first label on
 (``logits_to_keep``): for QA pairs the prompt is most of the sequence.
 """
 

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import IGNORE, Batch, answer_text, batches_in_order, encode_prompt, pad_id
-from bench.distributions import answer_logits
 from bench.memory import fitting
 
 
@@ -41,17 +40,34 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-prob of each label token, whether it is the argmax, and the loss mask; shapes [B, T−f],
-    where f ≥ 1 is the batch's first labelled position.
+    where f ≥ 1 is the batch's first labelled position (0 log-prob and a hit where masked).
 
-    Logits are computed only from the position before the first label on (``logits_to_keep``):
-    for QA pairs the prompt is most of the sequence and the vocabulary projection and log-softmax
-    over the prompt would be wasted (a third of a tiny model's scoring time).
+    Logits are computed only at the positions that predict a label (a boolean ``logits_to_keep``,
+    transformers ≥ 5.21): in a QA batch the prompts and the padding are most positions, and the
+    vocabulary projection over them, forward and backward, was ~10% of a training step. The forward's
+    values are those of the full projection; the weight gradient sums fewer rows, so it equals the full
+    one up to float rounding (tests/test_fast_paths.py).
     """
-    logits, target, mask = answer_logits(model, batch)
-    safe = target.clamp(min=0)
-    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, safe.unsqueeze(-1)).squeeze(-1)
-    hit = logits.argmax(-1) == safe
-    return logp * mask, hit | ~mask, mask
+    labelled = batch.labels[:, 1:] != IGNORE  # position p predicts label p + 1
+    keep = F.pad(labelled, (0, 1))
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                   logits_to_keep=keep).logits
+    n = int(labelled.sum())
+    if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignores the mask: every position
+        logits = logits[keep]
+    elif logits.dim() != 2 or logits.shape[0] != n:
+        raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
+                           "logits_to_keep; answer scoring needs transformers>=5.21 (pip install -U transformers)")
+    target = batch.labels[:, 1:][labelled]
+    logits = logits.float()
+    logp = torch.gather(F.log_softmax(logits, dim=-1), 1, target[:, None]).squeeze(1)
+    hit = logits.argmax(-1) == target
+    columns = labelled.any(0).nonzero()
+    first = int(columns[0, 0]) if len(columns) else labelled.shape[1] - 1
+    where = labelled.nonzero(as_tuple=True)
+    logp_full = torch.zeros(labelled.shape, dtype=logp.dtype, device=logp.device).index_put(where, logp)
+    hit_full = torch.ones(labelled.shape, dtype=torch.bool, device=hit.device).index_put(where, hit)
+    return logp_full[:, first:], hit_full[:, first:], labelled[:, first:]
 
 
 def paired_token_logprobs(model: torch.nn.Module, first: Batch, second: Batch

@@ -9,7 +9,7 @@ import torch
 
 from bench.data import BatchStream, encode_qa, pad_id, qa_examples
 from bench.items import SPLIT_VIEWS, forced_choice, mcq_correct, option_pairs, prompts, score_items
-from bench.scoring import _Encodings, exact_generation, greedy_answers, mean_nll, paired_mean_nll, score_answers
+from bench.scoring import _Encodings, exact_generation, greedy_answers, mean_nll, paired_mean_nll, score_answers, token_logprobs
 
 
 def _all_pairs(bench, items):
@@ -87,6 +87,53 @@ def test_paired_forward_gives_the_losses_and_gradients_of_two(trained_micro, mic
         grads.append(([float(f.detach()), float(r.detach())], [p.grad.clone() for p in model.parameters()]))
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
     assert max(float((a - b).abs().max()) for a, b in zip(grads[0][1], grads[1][1])) < 1e-5
+
+
+def _full_logits_token_logprobs(model, batch):
+    """token_logprobs computed the plain way: every position's logits, then the labelled ones read."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1].float()
+    target = batch.labels[:, 1:]
+    mask = target != -100
+    logp = torch.gather(torch.log_softmax(logits, -1), 2, target.clamp(min=0)[..., None]).squeeze(-1)
+    return logp * mask, (logits.argmax(-1) == target.clamp(min=0)) | ~mask, mask
+
+
+class _AllPositions(torch.nn.Module):
+    """A causal LM that ignores ``logits_to_keep`` (returns every position), or returns a wrong shape."""
+
+    def __init__(self, inner, broken=False):
+        super().__init__()
+        self.inner, self.broken = inner, broken
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None, logits_to_keep=0):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return type("Out", (), {"logits": out.logits[:, :3] if self.broken else out.logits})()
+
+
+def test_token_logprobs_at_labelled_positions_equal_the_full_projection(trained_micro, micro_bench, tokenizer):
+    """Logits only where a label is read: the same log-probs, hits and mask as projecting every position (in
+    the same [B, T−f] layout), the same gradient up to float rounding, and the same for a model that ignores
+    the boolean logits_to_keep; a model that returns something else fails with the fix."""
+    batch = next(iter(BatchStream(qa_examples(tokenizer, micro_bench, micro_bench.split("retain")), 9, pad_id(tokenizer), 3)))
+    model = copy.deepcopy(trained_micro).train()
+    fast, plain = token_logprobs(model, batch), _full_logits_token_logprobs(model, batch)
+    width = fast[0].shape[1]
+    assert width < batch.labels.shape[1] - 1, "the batch's prompts should make the kept window narrower than T-1"
+    for got, want in zip(fast, (t[:, -width:] for t in plain)):
+        assert got.shape == want.shape
+        assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=0)
+    assert not plain[2][:, :-width].any(), "nothing labelled left of the window"
+    grads = []
+    for fn in (token_logprobs, _full_logits_token_logprobs):
+        model.zero_grad()
+        logp, _, mask = fn(model, batch)
+        (-logp.sum() / mask.sum()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert max(float((a - b).abs().max()) for a, b in zip(*grads)) < 1e-6
+    ignoring = token_logprobs(_AllPositions(model), batch)
+    assert all(torch.equal(a, b) for a, b in zip(ignoring, fast))
+    with pytest.raises(RuntimeError, match="transformers>=5.21"):
+        token_logprobs(_AllPositions(model, broken=True), batch)
 
 
 def test_graddiff_loss_equals_the_usual_hugging_face_formulation(trained_micro, micro_bench, tokenizer):
