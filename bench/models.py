@@ -39,7 +39,8 @@ ROLES = {"target": ("forget", "retain", "general"), "oracle": ("retain", "genera
 
 
 # model.dtype names: short forms and torch's own. Numerics that need fp32 upcast whatever the weights
-# (answer log-probs, hence NPO's references and every score: bench.distributions.answer_logits).
+# (answer log-probs, hence NPO's references and every score: bench.scoring.token_logprobs and
+# bench.distributions.answer_logits cast logits to float).
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
           "float16": "float16"}
 # Model keys that change how a model runs, never its weights: left out of the model cache key.

@@ -92,9 +92,10 @@ def package_versions() -> dict[str, str | None]:
 
 
 def runtime_identity(device: torch.device | str) -> dict[str, Any]:
-    """The part of this process's runtime that can change a number, for cache keys (model, stage and
-    relearn-control caches: one definition): the device type and, on CPU, torch's thread count (the
-    threads split a reduction's float sums)."""
+    """The runtime part of the cache keys (model, stage and relearn-control caches: one definition): the
+    device type and, on CPU, torch's thread count (the threads split a reduction's float sums). Not keyed:
+    the GPU model, CUDA/cuBLAS versions and TF32 settings, which can also move float sums; a cache shared
+    across different GPUs should be keyed by hand (``cache_dir`` per machine)."""
     kind = torch.device(device).type
     return {"device": kind, **({"threads": torch.get_num_threads()} if kind == "cpu" else {})}
 

@@ -38,33 +38,51 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
+KEEP_MASK_FIX = "needs transformers>=5.21, whose logits_to_keep takes a boolean mask (pip install -U transformers)"
+
+
+@contextmanager
+def boolean_keep_supported() -> Iterator[None]:
+    """Turns the IndexError an older transformers raises for a boolean ``logits_to_keep`` into the fix."""
+    try:
+        yield
+    except IndexError as err:
+        import transformers
+        from packaging.version import Version
+
+        if Version(transformers.__version__) < Version("5.21"):
+            raise RuntimeError(f"transformers {transformers.__version__}: the harness {KEEP_MASK_FIX}") from err
+        raise
+
+
 def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-prob of each label token, whether it is the argmax, and the loss mask; shapes [B, T−f],
     where f ≥ 1 is the batch's first labelled position (0 log-prob and a hit where masked).
 
     Logits are computed only at the positions that predict a label (a boolean ``logits_to_keep``,
     transformers ≥ 5.21): in a QA batch the prompts and the padding are most positions, and the
-    vocabulary projection over them, forward and backward, was ~10% of a training step. The forward's
-    values are those of the full projection; the weight gradient sums fewer rows, so it equals the full
-    one up to float rounding (tests/test_fast_paths.py).
+    vocabulary projection over them, forward and backward, was ~10% of a training step. The values
+    equal the full projection's up to float rounding (bitwise on the CPU it was measured on, where a
+    GEMM row does not depend on the row count); the output layer's weight gradient sums fewer rows, so
+    it too equals the full one up to float rounding (tests/test_fast_paths.py).
     """
     labelled = batch.labels[:, 1:] != IGNORE  # position p predicts label p + 1
     keep = F.pad(labelled, (0, 1))
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                   logits_to_keep=keep).logits
-    n = int(labelled.sum())
+    with boolean_keep_supported():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                       logits_to_keep=keep).logits
+    where = labelled.nonzero(as_tuple=True)  # row-major: the order of the model's flattened logits
+    n = where[0].numel()
     if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignores the mask: every position
         logits = logits[keep]
     elif logits.dim() != 2 or logits.shape[0] != n:
         raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
-                           "logits_to_keep; answer scoring needs transformers>=5.21 (pip install -U transformers)")
+                           f"logits_to_keep; answer scoring {KEEP_MASK_FIX}")
     target = batch.labels[:, 1:][labelled]
     logits = logits.float()
     logp = torch.gather(F.log_softmax(logits, dim=-1), 1, target[:, None]).squeeze(1)
     hit = logits.argmax(-1) == target
-    columns = labelled.any(0).nonzero()
-    first = int(columns[0, 0]) if len(columns) else labelled.shape[1] - 1
-    where = labelled.nonzero(as_tuple=True)
+    first = int(where[1].min()) if n else max(labelled.shape[1] - 1, 0)
     logp_full = torch.zeros(labelled.shape, dtype=logp.dtype, device=logp.device).index_put(where, logp)
     hit_full = torch.ones(labelled.shape, dtype=torch.bool, device=hit.device).index_put(where, hit)
     return logp_full[:, first:], hit_full[:, first:], labelled[:, first:]
@@ -286,11 +304,12 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
         keep[rows, cols] = True
         flat = np.cumsum(keep.ravel()) - 1
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
-        logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
-                       use_cache=False, logits_to_keep=torch.from_numpy(keep).to(device)).logits
+        with boolean_keep_supported():
+            logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
+                           use_cache=False, logits_to_keep=torch.from_numpy(keep).to(device)).logits
         if logits.dim() != 2 or logits.shape[0] != int(flat[-1]) + 1:  # a model that ignored the boolean mask
             raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
-                               "logits_to_keep; shared-prefix scoring needs transformers>=5.21 (pip install -U transformers)")
+                               f"logits_to_keep; shared-prefix scoring {KEEP_MASK_FIX}")
         picked = logits[torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]).to(device)].float()
         tgt = torch.tensor(targets, device=device)
         logp = torch.gather(F.log_softmax(picked, dim=-1), 1, tgt[:, None]).squeeze(1).cpu()

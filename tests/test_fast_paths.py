@@ -110,6 +110,32 @@ class _AllPositions(torch.nn.Module):
         return type("Out", (), {"logits": out.logits[:, :3] if self.broken else out.logits})()
 
 
+def _assert_same_window(fast, plain):
+    """fast: token_logprobs' [B, T−f] tensors; plain: the [B, T−1] ones; the window is plain's last T−f columns."""
+    width = fast[0].shape[1]
+    for got, want in zip(fast, plain):
+        assert got.shape == (want.shape[0], width)
+        torch.testing.assert_close(got, want[:, want.shape[1] - width:])
+    assert not plain[2][:, : plain[2].shape[1] - width].any(), "nothing labelled left of the window"
+
+
+@pytest.mark.parametrize("labels, width", [
+    ([[-100, -100, -100, -100, -100], [-100, -100, -100, -100, -100]], 1),  # nothing labelled: one masked column
+    ([[-100, -100, -100, 7, 9], [-100, -100, -100, -100, -100]], 2),  # a row without labels
+    ([[-100, 5, 6, 7, -100], [-100, -100, -100, -100, 9]], 4),  # rows start and end their labels apart
+    ([[-100, 5], [-100, 8]], 1),  # T = 2
+])
+def test_token_logprobs_edge_label_patterns(trained_micro, labels, width):
+    from bench.data import Batch
+
+    labels = torch.tensor(labels)
+    ids = torch.where(labels >= 0, labels, 3)
+    batch = Batch(ids, torch.ones_like(ids), labels, torch.arange(len(ids)))
+    fast = token_logprobs(trained_micro, batch)
+    assert fast[0].shape == (2, width)
+    _assert_same_window(fast, _full_logits_token_logprobs(trained_micro, batch))
+
+
 def test_token_logprobs_at_labelled_positions_equal_the_full_projection(trained_micro, micro_bench, tokenizer):
     """Logits only where a label is read: the same log-probs, hits and mask as projecting every position (in
     the same [B, T−f] layout), the same gradient up to float rounding, and the same for a model that ignores
@@ -119,10 +145,7 @@ def test_token_logprobs_at_labelled_positions_equal_the_full_projection(trained_
     fast, plain = token_logprobs(model, batch), _full_logits_token_logprobs(model, batch)
     width = fast[0].shape[1]
     assert width < batch.labels.shape[1] - 1, "the batch's prompts should make the kept window narrower than T-1"
-    for got, want in zip(fast, (t[:, -width:] for t in plain)):
-        assert got.shape == want.shape
-        assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=0)
-    assert not plain[2][:, :-width].any(), "nothing labelled left of the window"
+    _assert_same_window(fast, plain)
     grads = []
     for fn in (token_logprobs, _full_logits_token_logprobs):
         model.zero_grad()
@@ -131,7 +154,8 @@ def test_token_logprobs_at_labelled_positions_equal_the_full_projection(trained_
         grads.append([p.grad.clone() for p in model.parameters()])
     assert max(float((a - b).abs().max()) for a, b in zip(*grads)) < 1e-6
     ignoring = token_logprobs(_AllPositions(model), batch)
-    assert all(torch.equal(a, b) for a, b in zip(ignoring, fast))
+    for a, b in zip(ignoring, fast):
+        torch.testing.assert_close(a, b)
     with pytest.raises(RuntimeError, match="transformers>=5.21"):
         token_logprobs(_AllPositions(model, broken=True), batch)
 
