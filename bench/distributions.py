@@ -2,8 +2,8 @@
 UNDIAL, CE-U), where ``bench.scoring.token_logprobs`` gives only the gold token's log-prob.
 
 ``bench.scoring.token_logprobs`` computes the gold token's log-prob at the labelled positions only; its
-rows line up with these (the same [B, T−f] layout). Logits are computed only from the position before the first label on
-(``logits_to_keep``): for QA pairs the prompt is most of the sequence.
+rows line up with these (the same [B, T−f] layout). Logits here are computed from the position before
+the first label on (``logits_to_keep``): for QA pairs the prompt is most of the sequence.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def step_ratio(setup, model, steps: int, warmup: int, repeats: int) -> None:
     method = factory()
     if method.retain_loss != "nll":
         raise SystemExit(f"bench.perf: the step section compares GradDiff with retain_loss nll, got {method.retain_loss!r}")
-    harness_loss = lambda model, batch: method.loss(model, batch)  # noqa: E731
+    harness_loss = method.loss
     usual_loss = usual_graddiff_loss(method.alpha)
     stream = paired_batches(data, UnlearnContext(max_steps=0, **ctx_kwargs))
     batches = [next(stream) for _ in range(warmup + steps)]
