@@ -55,6 +55,20 @@ def boolean_keep_supported() -> Iterator[None]:
         raise
 
 
+def _flat_logits_checked(model: torch.nn.Module, logits: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    """``logits`` as a boolean ``logits_to_keep`` returns them, [n, V]; any other shape fails with the fix."""
+    if logits.dim() != 2 or logits.shape[0] != n:
+        raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
+                           f"logits_to_keep; {what} {KEEP_MASK_FIX}")
+    return logits
+
+
+def _gold_logprobs(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob (fp32) of each row's target token in flat logits [N, V], and whether it is the argmax."""
+    logits = logits.float()
+    return torch.gather(F.log_softmax(logits, dim=-1), 1, target[:, None]).squeeze(1), logits.argmax(-1) == target
+
+
 def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-prob of each label token, whether it is the argmax, and the loss mask; shapes [B, T−f],
     where f ≥ 1 is the batch's first labelled position (0 log-prob and a hit where masked).
@@ -75,13 +89,7 @@ def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, 
     n = where[0].numel()
     if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignores the mask: every position
         logits = logits[keep]
-    elif logits.dim() != 2 or logits.shape[0] != n:
-        raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
-                           f"logits_to_keep; answer scoring {KEEP_MASK_FIX}")
-    target = batch.labels[:, 1:][labelled]
-    logits = logits.float()
-    logp = torch.gather(F.log_softmax(logits, dim=-1), 1, target[:, None]).squeeze(1)
-    hit = logits.argmax(-1) == target
+    logp, hit = _gold_logprobs(_flat_logits_checked(model, logits, n, "answer scoring"), batch.labels[:, 1:][labelled])
     first = int(where[1].min()) if n else max(labelled.shape[1] - 1, 0)
     logp_full = torch.zeros(labelled.shape, dtype=logp.dtype, device=logp.device).index_put(where, logp)
     hit_full = torch.ones(labelled.shape, dtype=torch.bool, device=hit.device).index_put(where, hit)
@@ -307,13 +315,9 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
         with boolean_keep_supported():
             logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
                            use_cache=False, logits_to_keep=torch.from_numpy(keep).to(device)).logits
-        if logits.dim() != 2 or logits.shape[0] != int(flat[-1]) + 1:  # a model that ignored the boolean mask
-            raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
-                               f"logits_to_keep; shared-prefix scoring {KEEP_MASK_FIX}")
-        picked = logits[torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]).to(device)].float()
-        tgt = torch.tensor(targets, device=device)
-        logp = torch.gather(F.log_softmax(picked, dim=-1), 1, tgt[:, None]).squeeze(1).cpu()
-        hit = (picked.argmax(-1) == tgt).cpu()
+        logits = _flat_logits_checked(model, logits, int(flat[-1]) + 1, "shared-prefix scoring")
+        picked = logits[torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]).to(device)]
+        logp, hit = (t.cpu() for t in _gold_logprobs(picked, torch.tensor(targets, device=device)))
         at = 0
         for i, n in owners:
             logp_out[i], hit_out[i] = logp[at : at + n], hit[at : at + n]
