@@ -7,8 +7,14 @@ noncentrality δ·√n / s_d) puts 1 − β of its mass beyond ±t_{1−α/2, n�
 holds (solved with ``scipy.optimize.brentq`` on ``scipy.stats.nct``). Differences smaller than the
 MDD are not reliably seen with n seeds; the ``paper`` preset reports n = 5.
 
-``python -m bench.power DIR... --baseline graddiff [--n 5]`` prints, per row and headline column, the
-measured s_d (from the seeds present) and the MDD at n seeds.
+The same measured spreads also plan a sweep's seed count: with n seeds a 95% Student-t interval has half-width
+t_{1−α/2, n−1}·s/√n, so ``seeds_for_half_width`` is the fewest seeds whose interval is at most a wanted
+half-width h, for a row's own column (its seed SD s, the table's "mean ± half-width") and for its paired
+difference to the baseline (s_d, the paired table's interval).
+
+``python -m bench.power DIR... --baseline graddiff [--n 5] [--half-width 0.10]`` prints, per row and headline
+column, the measured s_d (from the seeds present), the MDD at n seeds and, with ``--half-width``, the seeds each
+interval needs.
 """
 
 from __future__ import annotations
@@ -49,9 +55,36 @@ def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: flo
     return float(optimize.brentq(lambda d: detection_power(d, sd, n, alpha) - power, 0.0, hi, xtol=1e-10 * sd))
 
 
-def mdd_table(df: pd.DataFrame, baseline: str, n: int = 5, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
+MAX_SEEDS = 10_000  # seeds_for_half_width's search bound: beyond it the answer is "more than any sweep runs"
+
+
+def half_width(sd: float, n: int, alpha: float = 0.05) -> float:
+    """Half-width of the two-sided Student-t interval of a mean over ``n`` seeds with seed SD ``sd``."""
+    return float(stats.t.ppf(1 - alpha / 2, n - 1) * sd / math.sqrt(n)) if n >= 2 else float("nan")
+
+
+def seeds_for_half_width(sd: float, wanted: float, alpha: float = 0.05) -> float:
+    """The fewest seeds n >= 2 whose interval (``half_width``) is at most ``wanted``; NaN without a measured
+    spread, inf beyond ``MAX_SEEDS``. The half-width falls monotonically in n, so a bisection finds it."""
+    if not math.isfinite(sd) or wanted <= 0:
+        return float("nan")
+    if half_width(sd, 2, alpha) <= wanted:
+        return 2
+    if half_width(sd, MAX_SEEDS, alpha) > wanted:
+        return math.inf
+    lo, hi = 2, MAX_SEEDS  # half_width(lo) > wanted >= half_width(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if half_width(sd, mid, alpha) > wanted else (lo, mid)
+    return hi
+
+
+def mdd_table(df: pd.DataFrame, baseline: str, n: int = 5, alpha: float = 0.05, power: float = 0.8,
+              wanted_half_width: float | None = None) -> pd.DataFrame:
     """Per (row, headline column): pairs measured, SD of the seed-paired differences to the baseline row of
-    the same reference group, and the MDD at ``n`` seeds."""
+    the same reference group, and the MDD at ``n`` seeds. With ``wanted_half_width``: also the row's own seed
+    SD and the seeds its interval (``seeds_row``) and its paired difference's interval (``seeds_diff``) need
+    for that half-width."""
     from bench.report import table_rows, baseline_rows, build_table, per_seed
 
     t = build_table(df)
@@ -66,9 +99,15 @@ def mdd_table(df: pd.DataFrame, baseline: str, n: int = 5, alpha: float = 0.05, 
                 continue
             d = (wide[label] - wide[base]).dropna().to_numpy(dtype=float)
             sd = float(np.std(d, ddof=1)) if len(d) >= 2 else float("nan")
-            out.append({"row": label, "baseline": base, "column": col.label, "pairs": len(d),
-                        "mean_diff": float(d.mean()) if len(d) else float("nan"), "sd_diff": sd,
-                        f"mdd_n{n}": min_detectable_difference(sd, n, alpha, power)})
+            entry = {"row": label, "baseline": base, "column": col.label, "pairs": len(d),
+                     "mean_diff": float(d.mean()) if len(d) else float("nan"), "sd_diff": sd,
+                     f"mdd_n{n}": min_detectable_difference(sd, n, alpha, power)}
+            if wanted_half_width is not None:
+                own = wide[label].dropna().to_numpy(dtype=float)
+                sd_row = float(np.std(own, ddof=1)) if len(own) >= 2 else float("nan")
+                entry.update({"sd_row": sd_row, "seeds_row": seeds_for_half_width(sd_row, wanted_half_width, alpha),
+                              "seeds_diff": seeds_for_half_width(sd, wanted_half_width, alpha)})
+            out.append(entry)
     return pd.DataFrame(out)
 
 
@@ -79,17 +118,26 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=5, help="seeds of the planned comparison (paper preset: 5)")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--power", type=float, default=0.8)
+    parser.add_argument("--half-width", type=float, default=None,
+                        help="also print the seeds a row's interval and its paired difference's need for this 95%% "
+                             "half-width (e.g. 0.10)")
     args = parser.parse_args(None if argv is None else list(argv))
     from bench.report import load_frame
 
+    if args.half_width is not None and not args.half_width > 0:
+        exit_with(UserError(f"--half-width must be > 0 (a 95% interval's half-width, e.g. 0.10); got {args.half_width}"),
+                  parser.prog)
     try:
-        table = mdd_table(load_frame(args.dirs), args.baseline, args.n, args.alpha, args.power)
+        table = mdd_table(load_frame(args.dirs), args.baseline, args.n, args.alpha, args.power, args.half_width)
     except UserError as err:
         exit_with(err, parser.prog)
     if table.empty:
         exit_with(UserError(f"no row to pair with {args.baseline!r} in {', '.join(args.dirs)}"), parser.prog)
     print(f"paired t-test, two-sided alpha={args.alpha}, power={args.power}, n={args.n} seeds; "
-          "sd_diff: SD of the measured seed-paired differences")
+          "sd_diff: SD of the measured seed-paired differences"
+          + ("" if args.half_width is None else
+             f"; sd_row: the row's seed SD; seeds_row / seeds_diff: seeds for a 95% half-width <= {args.half_width} "
+             "of the row's interval / of its paired difference"))
     print(table.to_markdown(index=False, floatfmt=".4g"))
 
 
