@@ -92,12 +92,19 @@ def package_versions() -> dict[str, str | None]:
 
 
 def runtime_identity(device: torch.device | str) -> dict[str, Any]:
-    """The runtime part of the cache keys (model, stage and relearn-control caches: one definition): the
-    device type and, on CPU, torch's thread count (the threads split a reduction's float sums). Not keyed:
-    the GPU model, CUDA/cuBLAS versions and TF32 settings, which can also move float sums; a cache shared
-    across different GPUs should be keyed by hand (``cache_dir`` per machine)."""
-    kind = torch.device(device).type
-    return {"device": kind, **({"threads": torch.get_num_threads()} if kind == "cpu" else {})}
+    """The runtime part of the cache keys (model, stage and relearn-control caches: one definition): what can
+    move a float sum between two runs of the same code. The device type; on CPU, torch's thread count (the
+    threads split a reduction's sums); on a visible GPU, its model, the CUDA version torch was built with and
+    the TF32 switches (a cache shared by an H100 and an A100 keeps one model per card). Not keyed: cuBLAS and
+    cuDNN builds beyond torch's CUDA version."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return {"device": "cpu", "threads": torch.get_num_threads()}
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda,
+                "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]}
+    return {"device": device.type}
 
 
 def provenance(seed: int, device: str) -> dict[str, Any]:

@@ -48,8 +48,8 @@ def test_the_cpu_thread_count_and_the_device_are_cache_entries(micro_bench, toke
 
 
 def test_every_cache_keys_the_runtime_one_way():
-    """The model, stage and relearn-control caches key the runtime with one helper: the device type (a GPU's
-    index changes no number) and, on CPU only, the thread count."""
+    """The model, stage and relearn-control caches key the runtime with one helper: the device type and, on
+    CPU only, the thread count (without a visible GPU, a cuda device keys its type alone)."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -60,6 +60,24 @@ def test_every_cache_keys_the_runtime_one_way():
         assert runtime_identity("cuda:1") == runtime_identity(torch.device("cuda", 0)) == {"device": "cuda"}
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_visible_gpu_keys_its_model_cuda_and_tf32(monkeypatch):
+    """Two GPU models (or TF32 on and off) train float-different models: a shared cache keeps one per card."""
+    names = {0: "NVIDIA H100 80GB HBM3", 1: "NVIDIA A100-SXM4-80GB"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: names[index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    h100 = runtime_identity("cuda")
+    assert h100 == runtime_identity("cuda:0") != runtime_identity("cuda:1")
+    assert h100["gpu"] == names[0] and h100["cuda"] == torch.version.cuda
+    before = torch.backends.cuda.matmul.allow_tf32  # a module property: set and restored by hand
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = not before
+        assert runtime_identity("cuda") != h100
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert runtime_identity("cpu")["device"] == "cpu"  # the CPU key is untouched by a GPU's presence
 
 
 def test_scores_and_references_are_fp32_under_bf16_weights(trained_micro, tokenizer, micro_bench):
