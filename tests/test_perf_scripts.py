@@ -64,3 +64,12 @@ def test_speed_ratios_run(tmp_path, capsys):
     out = capsys.readouterr().out
     for part in ("HF Trainer", "per-item generate", "disagreements", "ms/prompt", "12 people"):
         assert part in out
+
+
+def test_steps_by_world_runs(tmp_path, capsys):
+    from bench.perf import steps_by_world
+
+    steps_by_world.main(["--people", "10", "12", "--methods", "ga:lr=1e-3", "--max-steps", "3", "+experiment=micro",
+                         f"cache_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "10 people" in out and "12 people" in out and "ga:lr=1e-3" in out and "steps" in out
