@@ -312,9 +312,12 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
         keep[rows, cols] = True
         flat = np.cumsum(keep.ravel()) - 1
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
+        keep_t = torch.from_numpy(keep).to(device)
         with boolean_keep_supported():
             logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
-                           use_cache=False, logits_to_keep=torch.from_numpy(keep).to(device)).logits
+                           use_cache=False, logits_to_keep=keep_t).logits
+        if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignores the mask: every position
+            logits = logits[keep_t]
         logits = _flat_logits_checked(model, logits, int(flat[-1]) + 1, "shared-prefix scoring")
         picked = logits[torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]).to(device)]
         logp, hit = (t.cpu() for t in _gold_logprobs(picked, torch.tensor(targets, device=device)))

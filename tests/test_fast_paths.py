@@ -66,6 +66,29 @@ def test_a_model_without_the_packed_layout_falls_back_and_counts_it(trained_micr
     assert np.abs(fallback.sum_logprob - shared.sum_logprob).max() < 1e-5
 
 
+def test_packed_scoring_of_a_model_that_ignores_the_keep_mask(trained_micro, micro_bench, tokenizer):
+    """A Llama that takes the packed layout but returns every position's logits (ignoring the boolean
+    logits_to_keep) is scored packed, to the same numbers; one returning another shape fails with the fix."""
+    ps, ans = _all_pairs(micro_bench, micro_bench.items[:4])
+
+    class IgnoresKeep(torch.nn.Module):
+        def __init__(self, inner, broken=False):
+            super().__init__()
+            self.inner, self.config, self.broken = inner, inner.config, broken
+
+        def forward(self, logits_to_keep=None, **kwargs):
+            logits = self.inner(**kwargs).logits
+            return type("Out", (), {"logits": logits[:, :3] if self.broken else logits})()
+
+    ignoring = score_answers(IgnoresKeep(trained_micro), tokenizer, ps, ans)
+    shared = score_answers(trained_micro, tokenizer, ps, ans)
+    assert ignoring.unshared == 0 and shared.unshared == 0
+    assert np.abs(ignoring.sum_logprob - shared.sum_logprob).max() < 1e-5
+    assert (ignoring.exact == shared.exact).all()
+    with pytest.raises(RuntimeError, match="transformers>=5.21"):
+        score_answers(IgnoresKeep(trained_micro, broken=True), tokenizer, ps, ans)
+
+
 def test_cached_tokenisation_is_encode_qa(micro_bench, tokenizer):
     enc = _Encodings.of(tokenizer)
     assert _Encodings.of(tokenizer) is enc  # one cache per tokenizer
