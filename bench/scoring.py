@@ -55,8 +55,13 @@ def boolean_keep_supported() -> Iterator[None]:
         raise
 
 
-def _flat_logits_checked(model: torch.nn.Module, logits: torch.Tensor, n: int, what: str) -> torch.Tensor:
-    """``logits`` as a boolean ``logits_to_keep`` returns them, [n, V]; any other shape fails with the fix."""
+def _flat_logits_checked(model: torch.nn.Module, logits: torch.Tensor, keep: torch.Tensor, n: int,
+                         what: str) -> torch.Tensor:
+    """``logits`` as a boolean ``logits_to_keep`` mask ``keep`` (n positions) returns them, [n, V]; a model that
+    ignores the mask (returns every position, [*keep.shape, V]) is read at the kept positions; any other shape
+    fails with the fix."""
+    if logits.dim() == 3 and logits.shape[:2] == keep.shape:
+        logits = logits[keep]
     if logits.dim() != 2 or logits.shape[0] != n:
         raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean "
                            f"logits_to_keep; {what} {KEEP_MASK_FIX}")
@@ -87,9 +92,8 @@ def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, 
                        logits_to_keep=keep).logits
     where = labelled.nonzero(as_tuple=True)  # row-major: the order of the model's flattened logits
     n = where[0].numel()
-    if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignores the mask: every position
-        logits = logits[keep]
-    logp, hit = _gold_logprobs(_flat_logits_checked(model, logits, n, "answer scoring"), batch.labels[:, 1:][labelled])
+    logp, hit = _gold_logprobs(_flat_logits_checked(model, logits, keep, n, "answer scoring"),
+                               batch.labels[:, 1:][labelled])
     first = int(where[1].min()) if n else max(labelled.shape[1] - 1, 0)
     logp_full = torch.zeros(labelled.shape, dtype=logp.dtype, device=logp.device).index_put(where, logp)
     hit_full = torch.ones(labelled.shape, dtype=torch.bool, device=hit.device).index_put(where, hit)
@@ -316,9 +320,7 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
         with boolean_keep_supported():
             logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
                            use_cache=False, logits_to_keep=keep_t).logits
-        if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # a model that ignores the mask: every position
-            logits = logits[keep_t]
-        logits = _flat_logits_checked(model, logits, int(flat[-1]) + 1, "shared-prefix scoring")
+        logits = _flat_logits_checked(model, logits, keep_t, int(flat[-1]) + 1, "shared-prefix scoring")
         picked = logits[torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]).to(device)]
         logp, hit = (t.cpu() for t in _gold_logprobs(picked, torch.tensor(targets, device=device)))
         at = 0

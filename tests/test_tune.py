@@ -262,8 +262,8 @@ SHIPPED_RETUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06.yaml"
 def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, preset, shipped):
     """The shipped tuned files load (from any working directory): the re-tuned three-seed file is what the paper and
     compare (Quickstart) presets run, the older three-seed and one-seed files are accepted by the paper preset (tuned
-    under its config); each
-    method gets exactly the file's chosen (or closest) values; the file's tuning seeds are not reported seeds."""
+    under its config); each method gets exactly the file's chosen (or closest) values; the file's tuning seeds are
+    not reported seeds."""
     data = tune.load_tuned(shipped)
     assert set(data["seeds"]).isdisjoint(range(5))
     override = [] if shipped == SHIPPED_RETUNED else [f"tuned={shipped}"]
