@@ -370,8 +370,10 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
-    """Greedy generation (left-padded batches); the text up to the end token, stripped."""
+def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64,
+                   strip: bool = True) -> list[str]:
+    """Greedy generation (left-padded batches); the text up to the end token, stripped unless ``strip=False``
+    (MUSE's KnowMem cuts the raw text at its stop strings first: a generation that opens with one is empty)."""
     device = model_device(model)
     pad = pad_id(tokenizer)
 
@@ -388,7 +390,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
                 for row in gen[:, width:].tolist():
                     if tokenizer.eos_token_id in row:
                         row = row[: row.index(tokenizer.eos_token_id)]
-                    out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+                    text = tokenizer.decode(row, skip_special_tokens=True)
+                    out.append(text.strip() if strip else text)
         return out
 
     return fitting(generated, batch_size)

@@ -94,9 +94,11 @@ def test_verbmem_and_knowmem_equal_hand_rouge(monkeypatch, tokenizer, fresh_micr
     scripted = {"The Marrowdale council voted to rename": "the old mills after Venn",
                 "Ada Venn opened the first": "lantern school",
                 **{knowmem_prompt(b.knowmem_icl["forget"], it.question): out for it, out in
-                   zip(b.split("forget"), ["Ada Venn\n\nQuestion: more", "forty two", "days", "nothing"])},
+                   zip(b.split("forget"), ["Ada Venn\n\nQuestion: more", "forty two", "days", "\n\nthe old mill"])},
                 **{knowmem_prompt(b.knowmem_icl["retain"], it.question): it.answer for it in b.split("retain")}}
-    monkeypatch.setattr(muse, "greedy_answers", lambda model, tok, prompts, n, batch: [scripted[p] for p in prompts])
+    # as greedy_answers: the decoded text, stripped unless strip=False
+    monkeypatch.setattr(muse, "greedy_answers", lambda model, tok, prompts, n, batch, strip=True:
+                        [scripted[p].strip() if strip else scripted[p] for p in prompts])
     rows = {(r.split, r.metric): r.value for r in
             muse.evaluate(fresh_micro, "target", SuiteContext(bench=b, tokenizer=tokenizer, oracle=fresh_micro)).rows}
 
@@ -109,7 +111,7 @@ def test_verbmem_and_knowmem_equal_hand_rouge(monkeypatch, tokenizer, fresh_micr
     assert rows[("forget", "verbmem")] == pytest.approx(np.mean([f1(refs[0], "the old mills after Venn"),
                                                                  f1(refs[1], "lantern school")]))
     # KnowMem: outputs cut at "\n\n" / "\nQuestion" / "Question:"; "Ada Venn" exact, "forty two" vs "forty" = 2/3,
-    # "days" vs "nine days" = 2/3, "nothing" vs "the old mill" = 0
+    # "days" vs "nine days" = 2/3; "\n\nthe old mill" is cut before it is stripped (MUSE's order): "" = 0, not 1
     assert rows[("forget", "knowmem")] == pytest.approx(np.mean([1.0, 2 / 3, 2 / 3, 0.0]))
     assert rows[("retain", "knowmem")] == 1.0
     assert 0 <= rows[("forget", "extraction_strength")] <= 1 and 0 <= rows[("forget", "exact_memorization")] <= 1

@@ -91,7 +91,9 @@ def evaluate(model, stage: str, ctx: SuiteContext) -> SuiteOutput:
     for split in ("forget", "retain"):
         items = bench.split(split)
         qa_prompts = [knowmem_prompt(bench.knowmem_icl[split], it.question) for it in items]
-        answers = [cut_at_stop(g) for g in greedy_answers(model, tok, qa_prompts, bench.knowmem_max_new_tokens, batch)]
+        # Cut the raw generation, then strip (MUSE's and OpenUnlearning's order): "\n\nParis" is an empty answer.
+        raw = greedy_answers(model, tok, qa_prompts, bench.knowmem_max_new_tokens, batch, strip=False)
+        answers = [cut_at_stop(g).strip() for g in raw]
         knowmem = rouge_l_f1(answers, [it.answer for it in items])
         rows.append(Row(stage, SUITE, split, "knowmem", float(np.mean(knowmem)), len(items)))
         examples += [{"stage": stage, "suite": SUITE, "split": split, "id": it.id, "generation": answers[i],
