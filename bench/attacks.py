@@ -35,6 +35,7 @@ import torch
 from bench.benchmark import Benchmark, QAItem
 from bench.data import BatchStream, encode_text, instruction_examples, pad_id, qa_examples
 from bench.errors import UserError
+from bench.settings import parse_settings
 from bench.scoring import mean_nll, model_device, score_answers
 from bench.items import forced_choice, prompts
 from bench.train import TrainConfig, train_loop
@@ -161,7 +162,8 @@ class AttackSpec:
                 lora = LoraSpec(**dict(lora))
             except AttackConfigError as e:
                 raise AttackConfigError(f"attack {name!r}: {e}") from None
-        return cls(name=name, **raw, **({"lora": lora} if lora is not None else {}))
+        # Types first (attack.<name>.steps=abc: one line naming the key), then the checks above (__post_init__).
+        return parse_settings(cls, {"name": name, **raw, **({"lora": lora} if lora is not None else {})}, f"attack.{name}")
 
     @property
     def checkpoints(self) -> tuple[int, ...]:

@@ -593,9 +593,72 @@ def check_override_keys(overrides: list) -> None:
                               f"keys of {parent or 'the config'}: {allowed}")
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def check_jobs(args: list[str]) -> int:
+    """Every job of the command checked before Hydra starts: each job's config composed and its ``Run`` built
+    (the constructor holds every check a run makes before compute; nothing is computed or written). A bad value in
+    a sweep's 7th job stops the sweep before the first job computes, and a bad single run leaves no run folder.
+    The jobs are Hydra's basic-sweep product of ``hydra.sweeper.params`` and the command line; a tune sweep
+    (``hydra/sweeper=tune``) checks its own plan. Returns the number of jobs checked (0: not checked, e.g. under
+    ``--cfg`` or ``--help``). Checks that need model files (a tokenizer, a pretrained config) run in each job."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
+        return 0  # --cfg, --help, -cn ...: Hydra's own modes
+    parser = OverridesParser.create()
+    try:
+        line = parser.parse_overrides([a for a in args if a not in MULTIRUN_FLAGS])
+    except HydraException:
+        return 0  # Hydra reports its own syntax errors
+    multirun = any(a in MULTIRUN_FLAGS for a in args)
+    if not multirun and any(o.is_sweep_override() for o in line):
+        return 0  # Hydra says "add --multirun"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        try:
+            first = compose("config", overrides=BasicSweeper.split_arguments(line, None)[0][0], return_hydra_config=True)
+        except HydraException:
+            return 0  # Hydra reports what is wrong with the composition itself
+        jobs = [[a for a in args if a not in MULTIRUN_FLAGS]]
+        if multirun:
+            if OmegaConf.select(first, "hydra.sweeper._target_") != "hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
+                return 0  # the tune sweeper checks its plan before its first job
+            params = [f"{k}={v}" for k, v in (OmegaConf.select(first, "hydra.sweeper.params") or {}).items()]
+            jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*params, *jobs[0]]), None)
+                    for job in batch]
+        for i, job in enumerate(jobs):
+            try:
+                logging.disable(logging.WARNING)  # the job logs its own warnings when it runs
+                cfg = compose("config", overrides=job, return_hydra_config=True)
+                method = str(cfg.hydra.runtime.choices.get("method", "?"))
+                task = OmegaConf.to_container(cfg, resolve=False)
+                task.pop("hydra", None)
+                Run(OmegaConf.create(task), "(checked before launch)", method, method_overrides(job))
+            except HydraException:
+                return 0
+            except UserError as err:
+                if len(jobs) == 1:
+                    raise
+                shown = " ".join(o for o in job if not o.lstrip("+~").startswith("hydra"))
+                message = f"sweep job #{i} ({shown}): {err}"
+                try:
+                    named = type(err)(message)
+                except TypeError:  # a subclass with another constructor
+                    named = UserError(message)
+                raise named from None
+            finally:
+                logging.disable(logging.NOTSET)
+    return len(jobs)
+
+
 if __name__ == "__main__":
     try:
         check_group_choices(sys.argv[1:])
+        check_jobs(sys.argv[1:])
     except UserError as err:
         exit_with(err, "bench.run")
     if distributed.world().rank > 0:  # rank 0 alone writes the run folder (Hydra's config copy and log included)

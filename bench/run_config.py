@@ -54,7 +54,7 @@ class ContinualSettings:
     requests (1 = an ordinary single run); suites = evaluated as stage request/<i> after each."""
 
     requests: int = bounded(1, ge=1)
-    suites: tuple[str, ...] = ("knowledge",)
+    suites: tuple[str, ...] = bounded(("knowledge",), unique=True)
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ class RunConfig:
     benchmark: dict[str, Any]
     model: dict[str, Any]
     method: dict[str, Any]
-    seed: int = 0
-    suites: tuple[str, ...] = ("knowledge", "privacy")
+    seed: int = bounded(0, ge=0)  # numpy's generators take no negative seed
+    suites: tuple[str, ...] = bounded(("knowledge", "privacy"), unique=True)
     cache_dir: str = "results/cache"
     threads: int | None = bounded(None, ge=1)
     reuse_stages: bool = True

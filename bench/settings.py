@@ -7,6 +7,7 @@ rejects, with one line naming ``<where>.<key>`` and the fix:
 - an unknown key (with the closest known keys, ``difflib``);
 - a value of the wrong type (from the field's annotation: ``int``, ``float``, ``bool``, ``str``,
   ``X | None``, ``Literal[...]``, ``tuple[X, ...]``, ``dict[str, Any]``, ``Any``);
+- a number that is not finite (nan, inf: no hyperparameter, budget or seed means anything there);
 - a value out of range, from the field's metadata: ``ge``/``gt``/``le``/``lt`` bounds and
   ``choices`` (applied to each element of a tuple), ``nonempty`` for tuples, ``unique``.
 
@@ -25,11 +26,12 @@ import collections.abc
 import dataclasses
 import difflib
 import inspect
+import math
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, UserError
 
 
 class SettingsError(ConfigError):
@@ -139,6 +141,8 @@ def _check_rules(key: str, value: Any, meta: Mapping[str, Any], default: Any) ->
     for v in items:
         if v is None or isinstance(v, bool):
             continue
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"must be a finite number{' (each value)' if isinstance(value, tuple) else ''}; got {v!r}"
         if "choices" in meta and v not in meta["choices"]:
             hint = did_you_mean(str(v), [str(c) for c in meta["choices"]])
             return f"values must be among {list(meta['choices'])}; got {v!r}" + (f" ({hint.strip()})" if hint else "")
@@ -237,7 +241,7 @@ def parse_settings(cls: type, raw: Mapping[str, Any] | None, where: str, ignore:
     values = parse_arguments(cls, raw, where, ignore)
     try:
         return cls(**values)
-    except ConfigError:
+    except UserError:  # already one line naming the key and the fix
         raise
     except (ValueError, TypeError) as e:
         raise SettingsError(f"{where}: {e}" if where else str(e)) from None

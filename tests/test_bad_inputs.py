@@ -95,6 +95,15 @@ BAD = [
     (["suites=[knowledge,relearn]", "attack=[benign]", "attack.benign.sources=[instructionz]"], ["attack 'benign'", "sources", "instructions"]),
     (["suites=[knowledge,relearn]", "attack=[benign]", "benchmark.n_instructions=0"], ["attack 'benign'", "none of the benign sources"]),
     (["suites=[knowledge,relearn]", "attack=[benign]", "attack.benign.repeats=0"], ["attack 'benign'", "repeats"]),
+    (["suites=[knowledge,relearn]", "attack=[benign]", "attack.benign.steps=abc"], ["attack.benign.steps", "integer"]),
+    (["suites=[knowledge,relearn]", "attack=[harmful]", "attack.harmful.lrs=[1e-3,nan]"], ["attack.harmful.lrs", "finite"]),
+    (["seed=-1"], ["seed", ">= 0"]),
+    (["suites=[knowledge,in_context]", "suite_settings.in_context.seed=-1"], ["suite_settings.in_context.seed", ">= 0"]),
+    (["method=graddiff", "method.alpha=nan"], ["method.alpha", "finite"]),
+    (["method.lr=inf"], ["method.lr", "finite"]),
+    (["unlearn.stop_margin=nan"], ["unlearn.stop_margin", "finite"]),
+    (["suites=[knowledge,privacy,knowledge]"], ["suites", "twice"]),
+    (["continual.requests=2", "continual.suites=[knowledge,knowledge]"], ["continual.suites", "twice"]),
 ]
 
 
@@ -133,6 +142,18 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("bench.run: error: method.lr must be a number, got 'abc'"), errors
     assert not (tmp_path / "cache" / "models").exists()
+    assert not (tmp_path / "run").exists(), "checked before Hydra writes the run folder"
+
+
+def test_cli_bad_value_in_a_later_sweep_job_stops_the_sweep_before_the_first_job(tmp_path):
+    """Every job is checked before the first starts: job #1's lr stops the sweep before job #0 trains anything,
+    in one line naming the job and the key, and no sweep folder is written."""
+    proc = _cli("-m", "method=ga", "method.lr=1e-4,-1", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "sweep job #1" in errors[0] and "method.lr=-1" in errors[0], errors
+    assert "lr must be positive" in errors[0]
+    assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
 
 
 def test_cli_sweep_with_a_bad_value_moves_no_finished_record(tmp_path):

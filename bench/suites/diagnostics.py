@@ -81,7 +81,7 @@ class Settings:
     top_m: tuple[int, ...] = bounded((100, 1000), ge=1, nonempty=True, unique=True)
     objectives: tuple[Literal["prob", "logprob", "choice"], ...] = bounded(("prob",), unique=True)
     lens_splits: tuple[str, ...] = bounded(("forget",), choices=SPLITS, unique=True)
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
 
 
 def check(settings: Settings, bench: Benchmark) -> None:

@@ -59,7 +59,7 @@ class Settings:
 
     k: int = bounded(4, ge=1)
     same_person: bool = True
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     stages: tuple[str, ...] = bounded((TARGET, UNLEARNED), unique=True)
     batch_size: int = bounded(64, ge=1)
 

@@ -99,7 +99,7 @@ class Settings:
 
     attacks: dict[str, Any] = field(default_factory=dict)
     stages: tuple[str, ...] = bounded((UNLEARNED,))
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     batch_size: int = bounded(256, ge=1)
 
 
