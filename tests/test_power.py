@@ -93,3 +93,13 @@ def test_cli_rejects_a_non_positive_half_width_in_one_line(tmp_path, capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--half-width" in err[0] and "0.10" in err[0]
+
+
+def test_cli_on_a_folder_without_records_says_so_in_one_line(tmp_path, capsys):
+    from bench.power import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--baseline", "graddiff"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no record.json found under" in err[0] and str(tmp_path) in err[0], err

@@ -87,10 +87,9 @@ def load_faithun(data_dir: str | None = None, path: str | None = None, splits_di
         raise BenchmarkError("FaithUn is not on the hub: set benchmark.data_dir to a folder with FaithUnBench.json "
                              "(schema in bench/benchmarks/faithun.py) and the three *_split.txt files")
     split_folder = Path(splits_dir or data_dir or "")
-    rows = load_rows(path, None, "train", data_dir, file_stem=file_stem)
-    require(rows, FIELDS)
-    clusters = _clusters(rows)
-
+    if data_dir is not None and not Path(data_dir).is_dir():
+        load_rows(path, None, "train", data_dir, file_stem=file_stem)  # raises: says what data_dir must hold
+    # The split files first: an overlap stops before the rows are read (datasets writes its cache as it reads).
     owner: dict[int, str] = {}
     for split, fname in SPLIT_FILES.items():
         for c in read_split_file(split_folder / fname):
@@ -98,6 +97,9 @@ def load_faithun(data_dir: str | None = None, path: str | None = None, splits_di
                 raise BenchmarkError(f"cluster {c} is listed in {SPLIT_FILES[owner[c]]} and {fname} in {split_folder}: "
                                      "forget, retaining and test clusters must not overlap")
             owner[c] = split
+    rows = load_rows(path, None, "train", data_dir, file_stem=file_stem)
+    require(rows, FIELDS)
+    clusters = _clusters(rows)
     test = sorted(c for c, s in owner.items() if s == "test")
     n_hold = math.floor(holdout_fraction * len(test) + 0.5)
     target = {c: ("general" if s == "test" else s) for c, s in owner.items()}
