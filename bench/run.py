@@ -524,11 +524,13 @@ def check_group_choices(args: list[str]) -> None:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
     except HydraException:
         return  # Hydra reports its own syntax errors
+    from hydra.core.override_parser.types import Glob
+
     for o in overrides:
         group = o.key_or_group
         folder = CONF / group
-        if group.startswith("hydra") or not folder.is_dir():
-            continue
+        if group.startswith("hydra") or not folder.is_dir() or isinstance(o.value(), Glob):
+            continue  # a glob() names only files that exist
         value = o.value()
         names = (list(o.sweep_string_iterator()) if o.is_sweep_override()
                  else [str(v) for v in value] if isinstance(value, list) else [] if value is None else [str(value)])
@@ -547,6 +549,7 @@ def check_override_keys(overrides: list) -> None:
     is several lines and suggests ``+key``, which would add the typo). Each choice of a config group on the
     command line (``method=ga,graddiff``) is composed in turn, the other groups at their first choice."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.types import Glob
     from hydra.errors import HydraException
     from omegaconf import DictConfig
 
@@ -554,6 +557,8 @@ def check_override_keys(overrides: list) -> None:
         return (CONF / o.key_or_group).is_dir()
 
     def choices(o) -> list[str]:
+        if isinstance(o.value(), Glob):  # its first match (glob needs Hydra's config loader to expand)
+            return sorted(p.stem for p in (CONF / o.key_or_group).glob("*.yaml") if o.value().filter([p.stem]))[:1] or ["?"]
         if o.is_sweep_override():
             return list(o.sweep_string_iterator())
         value = o.value()
@@ -594,65 +599,89 @@ def check_override_keys(overrides: list) -> None:
 
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Launchers whose jobs run on this machine: their jobs are checked here before launch. A cluster launcher's jobs
+# run elsewhere (a GPU node's device and dtype are not this machine's): they check themselves as they start.
+LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+                   "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def check_jobs(args: list[str]) -> int:
     """Every job of the command checked before Hydra starts: each job's config composed and its ``Run`` built
-    (the constructor holds every check a run makes before compute; nothing is computed or written). A bad value in
-    a sweep's 7th job stops the sweep before the first job computes, and a bad single run leaves no run folder.
-    The jobs are Hydra's basic-sweep product of ``hydra.sweeper.params`` and the command line; a tune sweep
-    (``hydra/sweeper=tune``) checks its own plan. Returns the number of jobs checked (0: not checked, e.g. under
-    ``--cfg`` or ``--help``). Checks that need model files (a tokenizer, a pretrained config) run in each job."""
+    (the constructor holds every check a run makes before compute; nothing is computed and no run or sweep folder is
+    written). A bad value in a sweep's 7th job stops the sweep before the first job computes, and a bad single run
+    leaves no run folder. The jobs are Hydra's basic-sweep product of ``hydra.sweeper.params`` and the command line,
+    as Hydra expands it; a tune sweep (``hydra/sweeper=tune``) checks its own plan, and a cluster launcher's jobs
+    check themselves where they run. Returns the number of jobs checked (0: not checked, e.g. under ``--cfg`` or
+    ``--help``, or a case left to Hydra's own message). Checks that need model files (a tokenizer, a pretrained
+    config) run in each job."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from omegaconf import open_dict
 
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         return 0  # --cfg, --help, -cn ...: Hydra's own modes
-    parser = OverridesParser.create()
-    try:
-        line = parser.parse_overrides([a for a in args if a not in MULTIRUN_FLAGS])
-    except HydraException:
-        return 0  # Hydra reports its own syntax errors
     multirun = any(a in MULTIRUN_FLAGS for a in args)
-    if not multirun and any(o.is_sweep_override() for o in line):
-        return 0  # Hydra says "add --multirun"
+    given = [a for a in args if a not in MULTIRUN_FLAGS]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         try:
-            first = compose("config", overrides=BasicSweeper.split_arguments(line, None)[0][0], return_hydra_config=True)
-        except HydraException:
-            return 0  # Hydra reports what is wrong with the composition itself
-        jobs = [[a for a in args if a not in MULTIRUN_FLAGS]]
-        if multirun:
-            if OmegaConf.select(first, "hydra.sweeper._target_") != "hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
-                return 0  # the tune sweeper checks its plan before its first job
-            params = [f"{k}={v}" for k, v in (OmegaConf.select(first, "hydra.sweeper.params") or {}).items()]
-            jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*params, *jobs[0]]), None)
-                    for job in batch]
-        for i, job in enumerate(jobs):
-            try:
-                logging.disable(logging.WARNING)  # the job logs its own warnings when it runs
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())  # glob() needs it
+            line = parser.parse_overrides(given)
+            if not multirun and any(o.is_sweep_override() for o in line):
+                return 0  # Hydra says "add --multirun"
+            jobs = [given]
+            if multirun:
+                # As Hydra: the sweep's own config is composed without the sweep overrides (+experiment=a,b sweeps
+                # over presets; each preset's hydra.sweeper.params do not multiply the others').
+                sweep_cfg = compose("config", overrides=[o.input_line for o in line if not o.is_sweep_override()],
+                                    return_hydra_config=True)
+                if (OmegaConf.select(sweep_cfg, "hydra.sweeper._target_") != BASIC_SWEEPER
+                        or OmegaConf.select(sweep_cfg, "hydra.launcher._target_") not in LOCAL_LAUNCHERS):
+                    return 0
+                params = [f"{k}={v}" for k, v in (OmegaConf.select(sweep_cfg, "hydra.sweeper.params") or {}).items()]
+                jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*params, *given]), None)
+                        for job in batch]
+            composed = []
+            for i, job in enumerate(jobs):
                 cfg = compose("config", overrides=job, return_hydra_config=True)
-                method = str(cfg.hydra.runtime.choices.get("method", "?"))
-                task = OmegaConf.to_container(cfg, resolve=False)
-                task.pop("hydra", None)
-                Run(OmegaConf.create(task), "(checked before launch)", method, method_overrides(job))
-            except HydraException:
-                return 0
-            except UserError as err:
-                if len(jobs) == 1:
-                    raise
-                shown = " ".join(o for o in job if not o.lstrip("+~").startswith("hydra"))
-                message = f"sweep job #{i} ({shown}): {err}"
-                try:
-                    named = type(err)(message)
-                except TypeError:  # a subclass with another constructor
-                    named = UserError(message)
-                raise named from None
-            finally:
-                logging.disable(logging.NOTSET)
+                with open_dict(cfg):
+                    cfg.hydra.job.num = i
+                composed.append(cfg)
+        except HydraException:
+            return 0  # Hydra reports what is wrong with the overrides or the composition itself
+        saved = HydraConfig.instance().cfg
+        try:
+            check_composed(jobs, composed)
+        finally:
+            HydraConfig.instance().cfg = saved
     return len(jobs)
+
+
+def check_composed(jobs: list[list[str]], composed: list[DictConfig]) -> None:
+    """``Run`` of each composed job (``check_jobs``); a UserError names the job when there are several."""
+    for i, (job, cfg) in enumerate(zip(jobs, composed)):
+        HydraConfig.instance().set_config(cfg)  # ${hydra:...} in a job's keys resolves as in the job
+        task = OmegaConf.to_container(cfg, resolve=False)
+        task.pop("hydra", None)
+        logging.disable(logging.WARNING)  # the job logs its own warnings when it runs
+        try:
+            Run(OmegaConf.create(task), "(checked before launch)", str(cfg.hydra.runtime.choices.get("method", "?")),
+                method_overrides(job))
+        except UserError as err:
+            if len(jobs) == 1:
+                raise
+            shown = " ".join(o for o in job if not o.lstrip("+~").startswith("hydra"))
+            message = f"sweep job #{i} ({shown}): {err}"
+            try:
+                named = type(err)(message)
+            except TypeError:  # a subclass with another constructor
+                named = UserError(message)
+            raise named from None
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 if __name__ == "__main__":

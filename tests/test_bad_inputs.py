@@ -222,3 +222,21 @@ def test_cli_misspelt_key_is_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "unknown config key 'unlearn.check_evry'" in errors[0] and "'check_every'" in errors[0], errors
+
+
+@pytest.mark.parametrize("args,jobs", [
+    (["+experiment=micro", "cache_dir=/tmp/unused/${hydra:runtime.choices.method}"], 1),  # ${hydra:} resolves as in the job
+    (["-m", "+experiment=micro", "method=ga,npo", "seed=0,1"], 4),
+    (["-m", "+experiment=compare,micro"], 2),  # as Hydra: a sweep over presets is one job each, not their params' product
+    (["-m", "+experiment=paper"], 85),  # the preset's hydra.sweeper.params
+    (["-m", "+experiment=paper", "seed=7"], 17),  # the command line replaces a param
+    (["-m", "+experiment=micro", "method=glob(g*)"], 3),
+    (["-m", "hydra/launcher=slurm", "+experiment=micro", "model.dtype=fp16", "seed=0,1"], 0),  # checked where they run
+    (["-m", "+experiment=tune"], 0),  # the tune sweeper checks its plan
+    (["--cfg", "job", "method.lr=-1"], 0),
+])
+def test_check_jobs_expands_the_sweep_as_hydra_does(args, jobs):
+    """bench.run.check_jobs builds every job's Run before Hydra starts; its jobs are the ones Hydra launches."""
+    from bench.run import check_jobs
+
+    assert check_jobs(args) == jobs

@@ -34,6 +34,7 @@ the utility numbers describe the same token sequences the model was trained and 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import math
@@ -118,6 +119,15 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+@functools.cache
+def stock_task_names() -> frozenset[str]:
+    """lm-eval's stock task names (indexing its task YAMLs takes seconds: once per process, e.g. for a sweep's
+    checks of every job before launch)."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_defaults=True).all_tasks)
+
+
 def check(s: Settings, bench: Benchmark) -> None:
     """Checks before compute: that local tasks have data, that stock task names exist."""
     if "general_mcq" in s.tasks and not bench.split("general"):
@@ -127,9 +137,7 @@ def check(s: Settings, bench: Benchmark) -> None:
         raise UtilityConfigError("utility task heldout_ppl needs the benchmark's heldout_text, which is empty; drop it "
                                  "from suite_settings.utility.tasks or set benchmark.n_heldout_text > 0")
     if s.stock:
-        from lm_eval.tasks import TaskManager
-
-        known = set(TaskManager(include_defaults=True).all_tasks)
+        known = stock_task_names()
         missing = [t for t in s.stock if t not in known]
         if missing:
             hints = {t: difflib.get_close_matches(t, known, n=3) for t in missing}
