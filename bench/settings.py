@@ -100,7 +100,7 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is type(None):
         return value is None, value
     if origin in (tuple, list, collections.abc.Sequence):
-        if not isinstance(value, (list, tuple)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, collections.abc.Sequence):  # OmegaConf lists too
             value = [value]  # one value where a list is expected: a list of one
         elem = typing.get_args(tp)[0]
         out = []
