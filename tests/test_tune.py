@@ -254,11 +254,12 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
 
 SHIPPED = "bench/assets/tuned_synthetic_tiny.yaml"
 SHIPPED_3SEEDS = "bench/assets/tuned_synthetic_tiny_3seeds.yaml"
-SHIPPED_RETUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06.yaml"
+SHIPPED_RETUNED_S29 = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06.yaml"
+SHIPPED_RETUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06b.yaml"
 
 
 @pytest.mark.parametrize("preset,shipped", [("paper", SHIPPED_RETUNED), ("compare", SHIPPED_RETUNED),
-                                            ("paper", SHIPPED_3SEEDS), ("paper", SHIPPED)])
+                                            ("paper", SHIPPED_RETUNED_S29), ("paper", SHIPPED_3SEEDS), ("paper", SHIPPED)])
 def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, preset, shipped):
     """The shipped tuned files load (from any working directory): the re-tuned three-seed file is what the paper and
     compare (Quickstart) presets run, the older three-seed and one-seed files are accepted by the paper preset (tuned
@@ -367,3 +368,15 @@ def test_tune_sweep_composes_with_the_joblib_launcher(tmp_path):
     assert len(list(sweep.rglob(RECORD))) == (2 + 2 * 3) * 2  # ga: 2 lrs; npo: 2 lrs x 3 betas; 2 seeds
     tuned = yaml.safe_load((sweep / "tuned.yaml").read_text())
     assert set(tuned["methods"]) == {"ga", "npo"} and tuned["seeds"] == [1000, 1001]
+
+
+def test_ssiuu_is_searched_over_graddiffs_grid_times_its_penalty_weight():
+    """Ssiuu is GradDiff plus a penalty: its tune grid holds GradDiff's whole grid (lr x alpha) times lam, so the
+    tuned Ssiuu - GradDiff compares each at its best over the same base settings (not Ssiuu at alpha 1 against a
+    GradDiff tuned to alpha 3)."""
+    ssiuu = yaml.safe_load((CONF / "method" / "ssiuu.yaml").read_text())
+    graddiff = yaml.safe_load((CONF / "method" / "graddiff.yaml").read_text())
+    assert ssiuu["base"] == "graddiff"
+    for key, grid in graddiff["tune"].items():
+        assert ssiuu["tune"][key] == grid, key
+    assert set(ssiuu["tune"]) - set(graddiff["tune"]) == {"lam"}
