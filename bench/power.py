@@ -128,11 +128,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         exit_with(UserError(f"--half-width must be > 0 (a 95% interval's half-width, e.g. 0.10); got {args.half_width}"),
                   parser.prog)
     try:
-        frame = load_frame(args.dirs)
-        if frame.empty:
-            raise UserError(f"no record.json found under {', '.join(args.dirs)}; give a sweep folder (or record.json files) "
-                            "of finished runs")
-        table = mdd_table(frame, args.baseline, args.n, args.alpha, args.power, args.half_width)
+        table = mdd_table(load_frame(args.dirs), args.baseline, args.n, args.alpha, args.power, args.half_width)
     except UserError as err:
         exit_with(err, parser.prog)
     if table.empty:

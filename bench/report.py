@@ -318,7 +318,12 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def load_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
-    return records_frame(load_record(p) for p in find_records(paths))
+    """Every record's rows under ``paths``; a ReportError when there are none (a folder of no finished run)."""
+    paths = list(paths)
+    df = records_frame(load_record(p) for p in find_records(paths))
+    if df.empty:
+        raise ReportError(f"no {RECORD} found under {', '.join(map(str, paths))}")
+    return df
 
 
 # ---- aggregation ------------------------------------------------------------------------------
@@ -746,8 +751,6 @@ def summary_table(record: dict[str, Any]) -> str:
 def report(paths: Iterable[str | Path], out: str | Path, baseline: str | None = None) -> str:
     """Tables and plots of the records under ``paths`` into ``out``; UserError (nothing written) on bad input."""
     df = load_frame(paths)
-    if df.empty:
-        raise ReportError(f"no {RECORD} found under {', '.join(map(str, paths))}")
     files, printed = render(df, baseline)
     from bench.plots import render_plots
 
