@@ -483,6 +483,19 @@ def _first_difference(a: Any, b: Any, where: str) -> str | None:
     return None if _same(a, b) else f"{where}: {json.dumps(b, default=str)} here, {json.dumps(a, default=str)} when tuned"
 
 
+def _check_tuned_under(data: Mapping[str, Any], resolved: Mapping[str, Any], path: Any) -> None:
+    """The run's CONTEXT_KEYS blocks are the ones the file was tuned under (a file written before
+    TRACE_ONLY_KEYS holds them: they are dropped on both sides)."""
+    want = {k: _without_trace_keys(k, v) for k, v in (data.get("context") or {}).items()}
+    have = context_of(resolved)
+    for key in CONTEXT_KEYS:
+        if key in want:
+            diff = _first_difference(want[key], have.get(key), key)
+            if diff:
+                raise TuneError(f"tuned={path} was tuned under another config ({diff}); retune under this config, "
+                                "run with the tuned config, or set tuned=null for the method YAMLs' values")
+
+
 def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence[str] = (),
                 tunable: bool = True, controls: str | None = None) -> dict[str, Any] | None:
     """Merge the tuned values for ``method_name`` into ``resolved['method']`` (in place) when ``resolved['tuned']``
@@ -519,20 +532,22 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
             raise TuneError(f"tuned={path} has no settings for {controls!r}, the method {method_name!r} is the control "
                             f"of (it takes {controls}'s tuned values); tune {controls} (python -m bench.run -m "
                             f"+experiment=tune method={controls}) or set tuned=null")
-        values = followed.get("values")
+        values, status = followed.get("values"), "chosen"
         if not isinstance(values, Mapping):
-            values = (followed.get("closest") or {}).get("values")
+            values, status = (followed.get("closest") or {}).get("values"), CLOSEST
         if not isinstance(values, Mapping):
             raise TuneError(f"tuned={path}: {controls!r}, the method {method_name!r} is the control of, has no tuned "
                             f"or closest value; retune {controls} or set tuned=null")
+        _check_tuned_under(data, resolved, path)  # the values hold only under the config they were tuned under
         shared = {k: v for k, v in values.items() if k in resolved["method"]}
         for key in overridden:
             if key in shared:
                 raise TuneError(f"method.{key} is set on the command line, but {method_name} takes {controls}'s tuned "
                                 f"{key} from tuned={path}; drop one of them (tuned=null to run your own value)")
         resolved["method"] = {**resolved["method"], **shared}
-        provenance.update(values=shared, note=f"no tune: block: {controls}'s tuned values for the keys they share "
-                                              f"({method_name} is its control), the method YAML's otherwise")
+        provenance.update(values=shared, follows={"method": controls, "status": status},
+                          note=f"no tune: block: {controls}'s tuned values for the keys they share "
+                               f"({method_name} is its control), the method YAML's otherwise")
         return provenance
     if entry is None:
         raise TuneError(f"tuned={path} has no settings for method {method_name!r} (tuned: {sorted(data['methods'])}); "
@@ -555,15 +570,7 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
         if key in values:
             raise TuneError(f"method.{key} is set on the command line and also tuned in tuned={path}; drop one of "
                             "them (tuned=null to run your own value)")
-    # A file written before TRACE_ONLY_KEYS holds them.
-    want = {k: _without_trace_keys(k, v) for k, v in (data.get("context") or {}).items()}
-    have = context_of(resolved)
-    for key in CONTEXT_KEYS:
-        if key in want:
-            diff = _first_difference(want[key], have.get(key), key)
-            if diff:
-                raise TuneError(f"tuned={path} was tuned under another config ({diff}); retune under this config, "
-                                "run with the tuned config, or set tuned=null for the method YAMLs' values")
+    _check_tuned_under(data, resolved, path)
     method = dict(resolved["method"])
     unknown = [k for k in values if k not in method]
     if unknown:

@@ -116,6 +116,8 @@ def test_a_reused_layout_gives_the_numbers_of_a_fresh_one(trained_micro, micro_b
     assert (first.sum_logprob != reused.sum_logprob).any()  # the weights changed, the layout did not
     score_answers(trained_micro, tokenizer, ps[:5], ans[:5], batch_size=16)  # other pairs: a layout of their own
     assert len(built) == 3 and len(scoring.LAYOUTS.entries) == 2
+    half = score_answers(other.to(torch.bfloat16), tokenizer, ps, ans, batch_size=16)  # another dtype: same layout
+    assert len(built) == 3 and half.exact.shape == fresh.exact.shape
 
 
 def test_the_layout_cache_keeps_within_its_byte_budget(trained_micro, micro_bench, tokenizer, monkeypatch):
@@ -127,10 +129,16 @@ def test_the_layout_cache_keeps_within_its_byte_budget(trained_micro, micro_benc
     score_answers(trained_micro, tokenizer, ps, ans)
     one = cache.bytes
     assert one > 0 and cache.bytes == sum(b.nbytes() for layout in cache.entries.values() for b in layout)
+    pairs = lambda n: tuple(_Encodings.of(tokenizer).pair(p, a) for p, a in zip(ps[:n], ans[:n]))  # noqa: E731
+    score_answers(trained_micro, tokenizer, ps[:3], ans[:3])
+    score_answers(trained_micro, tokenizer, ps, ans)  # a hit: now the most recently used
+    cache.max_bytes = cache.bytes  # full: the next layout pushes out the least recently used, the 3 pairs'
+    score_answers(trained_micro, tokenizer, ps[:2], ans[:2])
+    assert [key[0] for key in cache.entries] == [pairs(len(ps)), pairs(2)] and cache.bytes <= cache.max_bytes
     cache.max_bytes = one + 1  # room for one layout of this size: the least recently used goes
     score_answers(trained_micro, tokenizer, ps[:-1], ans[:-1])
     assert len(cache.entries) == 1 and cache.bytes <= cache.max_bytes
-    assert next(iter(cache.entries))[0] == tuple(_Encodings.of(tokenizer).pair(p, a) for p, a in zip(ps[:-1], ans[:-1]))
+    assert next(iter(cache.entries))[0] == pairs(len(ps) - 1)
     cache.max_bytes = 1  # a layout larger than the budget is used, not kept
     score_answers(trained_micro, tokenizer, ps, ans)
     assert len(cache.entries) == 1

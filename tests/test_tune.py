@@ -189,6 +189,7 @@ def test_a_control_runs_at_the_tuned_values_of_the_method_it_controls(tmp_path, 
             "random_projection")
     assert r.method.k == 8 and r.resolved["method"]["k"] == 8 and "lr" not in r.resolved["method"]
     assert r.tuning["values"] == {"k": 8} and "mrp's tuned values" in r.tuning["note"]
+    assert r.tuning["follows"] == {"method": "mrp", "status": mrp_entry["status"] if mrp_entry["values"] else tune.CLOSEST}
     mrp = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=mrp"), tmp_path / "run", "mrp")
     assert mrp.method.k == r.method.k and mrp.method.layers == r.method.layers
     with pytest.raises(UserError, match="method.k is set on the command line"):
@@ -198,6 +199,16 @@ def test_a_control_runs_at_the_tuned_values_of_the_method_it_controls(tmp_path, 
     with pytest.raises(UserError, match="no settings for 'mrp'.*control"):
         Run(compose_config(f"tuned={without}", f"cache_dir={tmp_path}", "method=random_projection"), tmp_path / "run",
             "random_projection")
+    empty = _tuned_file(tmp_path, {"mrp": {"values": None, "status": tune.NO_SETTING}})
+    with pytest.raises(UserError, match="no tuned or closest value"):
+        Run(compose_config(f"tuned={empty}", f"cache_dir={tmp_path}", "method=random_projection"), tmp_path / "run",
+            "random_projection")
+    # MRP's k holds only under the config it was tuned under: a control under another one is refused as MRP is
+    other = _tuned_file(tmp_path, {"mrp": mrp_entry}, context={"continual": {"requests": 1}})
+    for method in ("mrp", "random_projection"):
+        with pytest.raises(UserError, match="tuned under another config"):
+            Run(compose_config(f"tuned={other}", f"cache_dir={tmp_path}", f"method={method}", "continual.requests=2"),
+                tmp_path / "run", method)
 
 
 @pytest.mark.parametrize("case,needles", [
