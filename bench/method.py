@@ -96,10 +96,14 @@ class Method(ABC):
 
     ``shardable``: verified to give the one-process result when ``bench.run`` runs across several
     processes (``bench.distributed``; tests/test_distributed.py compares the records). A method
-    that is not is rejected before compute in a multi-process run, with ``unshardable_reason``."""
+    that is not is rejected before compute in a multi-process run, with ``unshardable_reason``.
+
+    ``controls``: for a control row (no ``tune:`` block of its own), the method it stands beside; under a
+    tuned file it runs at that method's tuned values for the keys they share (``bench.tune.apply_tuned``)."""
 
     shardable: ClassVar[bool] = False
     unshardable_reason: ClassVar[str] = "not verified under sharding"
+    controls: ClassVar[str | None] = None
 
     def hooks(self, model: torch.nn.Module) -> Hooks | None:
         """The hooks this method left on ``model`` (its unlearned model), or None: a method that only

@@ -169,12 +169,13 @@ class Run:
         self.run_dir = Path(run_dir)
         self.method_name = method_name
         self.resolved = resolve(cfg)
-        tunable = True
+        tunable, controls = True, None
         if isinstance(self.resolved.get("method"), dict):
             build_method(self.resolved["method"])  # the tune: block is checked, then left out of the record and hash
+            controls = method_class(self.resolved["method"]).controls
             self.resolved["method"], space = split_tune(self.resolved["method"])
             tunable = space is not None
-        self.tuning = apply_tuned(self.resolved, method_name, overridden, tunable=tunable)
+        self.tuning = apply_tuned(self.resolved, method_name, overridden, tunable=tunable, controls=controls)
         self.settings = RunConfig.parse(self.resolved)
         s = self.settings
         self.suites = list(dict.fromkeys(s.suites))

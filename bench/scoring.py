@@ -11,6 +11,7 @@ against scoring each pair on its own).
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -262,14 +263,29 @@ def _tree_rows(pairs: Pairs, batch_size: int) -> list[list[list[int]]]:
     return batches
 
 
-def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
-    """Score every pair from a prefix tree of its row: each distinct prefix of the rows' sequences
-    (prompt + answer without its end token, whose successor is never scored) is one position, at
-    its depth, attending to exactly its ancestors (4D mask). So a prompt runs once for all its
-    answers, prompts that begin alike share that beginning, and every token still sees exactly
-    the sequence ``encode_qa`` builds. Fills ``logp_out[i]``/``hit_out[i]`` per pair."""
-    device = model_device(model)
-    dtype = next(model.parameters()).dtype
+@dataclass(frozen=True)
+class _PackedBatch:
+    """One forward of the shared-prefix layout (CPU tensors): token ids and positions per row, the additive
+    attention mask (each node sees exactly its ancestors), the positions whose logits are read, and per pair
+    where its labels are in the flat logits."""
+
+    ids: torch.Tensor        # [rows, width] long
+    pos: torch.Tensor        # [rows, width] long
+    allowed: torch.Tensor    # [rows, 1, width, width] bool: who sees whom (the model's additive mask is built per call)
+    keep: torch.Tensor       # [rows, width] bool: logits_to_keep
+    picked: torch.Tensor     # [labels] long: each label's row of the flat logits
+    targets: torch.Tensor    # [labels] long
+    owners: tuple[tuple[int, int], ...]  # (pair index, its label count), in label order
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.ids, self.pos, self.allowed, self.keep, self.picked,
+                                                          self.targets))
+
+
+def _packed_layout(pairs: Pairs, batch_size: int, pad: int) -> Iterator[_PackedBatch]:
+    """The batches of ``_score_packed``, one at a time: a prefix tree per row of each row's sequences (prompt +
+    answer without its end token, whose successor is never scored), each distinct prefix one position at its
+    depth, attending to exactly its ancestors. It depends only on the token ids, not on the weights."""
     for batch in _tree_rows(pairs, batch_size):
         trees = []  # per row: tokens, depths, parents (-1: none), and per pair the node predicting each label
         for idx in batch:
@@ -315,16 +331,72 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
         keep = np.zeros((len(batch), width), dtype=bool)
         keep[rows, cols] = True
         flat = np.cumsum(keep.ravel()) - 1
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
-        keep_t = torch.from_numpy(keep).to(device)
+        yield _PackedBatch(ids, pos, torch.from_numpy(allowed)[:, None], torch.from_numpy(keep),
+                           torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]),
+                           torch.tensor(targets, dtype=torch.long), tuple(owners))
+
+
+class _LayoutCache:
+    """The last layouts built, least recently used dropped first, within ``max_bytes``. The same token ids are
+    scored again and again with other weights (every stage's knowledge suite, every stopping check, every
+    checkpoint of every relearning attack), and building a layout was about a quarter of a relearn suite's
+    scoring time (Python over every token). A layout is a function of its key, so a hit gives the same numbers.
+    A layout is built one batch at a time as it is scored; one larger than the whole budget is not kept."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.entries: "OrderedDict[tuple, list[_PackedBatch]]" = OrderedDict()
+        self.bytes = 0
+
+    def get(self, pairs: Pairs, batch_size: int, pad: int) -> Iterator[_PackedBatch]:
+        key = (tuple(pairs), batch_size, pad)
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+            yield from hit
+            return
+        kept: list[_PackedBatch] | None = []
+        size = 0
+        for b in _packed_layout(pairs, batch_size, pad):
+            if kept is not None:
+                size += b.nbytes()
+                if size <= self.max_bytes:
+                    kept.append(b)
+                else:
+                    kept = None
+            yield b
+        if kept is not None:  # scored to the end (an out-of-memory retry abandons the generator first)
+            self.entries[key] = kept
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self.entries.popitem(last=False)
+                self.bytes -= sum(b.nbytes() for b in old)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+LAYOUTS = _LayoutCache()
+
+
+def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
+    """Score every pair from a prefix tree of its row (``_packed_layout``, cached in ``LAYOUTS``): a prompt
+    runs once for all its answers, prompts that begin alike share that beginning, and every token still sees
+    exactly the sequence ``encode_qa`` builds. Fills ``logp_out[i]``/``hit_out[i]`` per pair."""
+    device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    for b in LAYOUTS.get(pairs, batch_size, pad):
+        keep = b.keep.to(device)
+        mask = torch.zeros(b.allowed.shape, dtype=dtype, device=device).masked_fill_(~b.allowed.to(device),
+                                                                                    torch.finfo(dtype).min)
         with boolean_keep_supported():
-            logits = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos.to(device),
-                           use_cache=False, logits_to_keep=keep_t).logits
-        logits = _flat_logits_checked(model, logits, keep_t, int(flat[-1]) + 1, "shared-prefix scoring")
-        picked = logits[torch.from_numpy(flat[np.ravel_multi_index((rows, cols), keep.shape)]).to(device)]
-        logp, hit = (t.cpu() for t in _gold_logprobs(picked, torch.tensor(targets, device=device)))
+            logits = model(input_ids=b.ids.to(device), attention_mask=mask, position_ids=b.pos.to(device),
+                           use_cache=False, logits_to_keep=keep).logits
+        logits = _flat_logits_checked(model, logits, keep, int(b.keep.sum()), "shared-prefix scoring")
+        logp, hit = (t.cpu() for t in _gold_logprobs(logits[b.picked.to(device)], b.targets.to(device)))
         at = 0
-        for i, n in owners:
+        for i, n in b.owners:
             logp_out[i], hit_out[i] = logp[at : at + n], hit[at : at + n]
             at += n
 

@@ -483,10 +483,27 @@ def _first_difference(a: Any, b: Any, where: str) -> str | None:
     return None if _same(a, b) else f"{where}: {json.dumps(b, default=str)} here, {json.dumps(a, default=str)} when tuned"
 
 
+def _check_tuned_under(data: Mapping[str, Any], resolved: Mapping[str, Any], path: Any) -> None:
+    """The run's CONTEXT_KEYS blocks are the ones the file was tuned under (a file written before
+    TRACE_ONLY_KEYS holds them: they are dropped on both sides)."""
+    want = {k: _without_trace_keys(k, v) for k, v in (data.get("context") or {}).items()}
+    have = context_of(resolved)
+    for key in CONTEXT_KEYS:
+        if key in want:
+            diff = _first_difference(want[key], have.get(key), key)
+            if diff:
+                raise TuneError(f"tuned={path} was tuned under another config ({diff}); retune under this config, "
+                                "run with the tuned config, or set tuned=null for the method YAMLs' values")
+
+
 def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence[str] = (),
-                tunable: bool = True) -> dict[str, Any] | None:
+                tunable: bool = True, controls: str | None = None) -> dict[str, Any] | None:
     """Merge the tuned values for ``method_name`` into ``resolved['method']`` (in place) when ``resolved['tuned']``
     names a file; returns the tuning provenance for the record (None without a file).
+
+    ``controls``: the method a control without a ``tune:`` block stands beside (``Method.controls``, e.g.
+    random_projection for mrp): it takes that method's tuned values (chosen, or closest) for the keys it has too,
+    so the control keeps the rank of the MRP it is compared with, whatever the tune picked.
 
     Refused before compute, with the fix: a run seed (or world seed) among the tuning seeds, a method the file has
     no values for (or none reached the target; a method without a ``tune:`` block, ``tunable=False``, runs its YAML), a run config other than the one tuned under, and a
@@ -506,8 +523,32 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
                             f"seed inflates the tuned method; report on other seeds (e.g. seed=0,1,2,3,4)")
     entry = data["methods"].get(method_name)
     if entry is None and not tunable:  # no tune: block (a control such as random_projection): its YAML is its setting
-        return {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
-                "utility": data.get("utility"), "values": {}, "note": "no tune: block: the method YAML's values"}
+        provenance = {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
+                      "utility": data.get("utility"), "values": {}, "note": "no tune: block: the method YAML's values"}
+        if controls is None:
+            return provenance
+        followed = data["methods"].get(controls)
+        if not isinstance(followed, Mapping):
+            raise TuneError(f"tuned={path} has no settings for {controls!r}, the method {method_name!r} is the control "
+                            f"of (it takes {controls}'s tuned values); tune {controls} (python -m bench.run -m "
+                            f"+experiment=tune method={controls}) or set tuned=null")
+        values, status = followed.get("values"), "chosen"
+        if not isinstance(values, Mapping):
+            values, status = (followed.get("closest") or {}).get("values"), CLOSEST
+        if not isinstance(values, Mapping):
+            raise TuneError(f"tuned={path}: {controls!r}, the method {method_name!r} is the control of, has no tuned "
+                            f"or closest value; retune {controls} or set tuned=null")
+        _check_tuned_under(data, resolved, path)  # the values hold only under the config they were tuned under
+        shared = {k: v for k, v in values.items() if k in resolved["method"]}
+        for key in overridden:
+            if key in shared:
+                raise TuneError(f"method.{key} is set on the command line, but {method_name} takes {controls}'s tuned "
+                                f"{key} from tuned={path}; drop one of them (tuned=null to run your own value)")
+        resolved["method"] = {**resolved["method"], **shared}
+        provenance.update(values=shared, follows={"method": controls, "status": status},
+                          note=f"no tune: block: {controls}'s tuned values for the keys they share "
+                               f"({method_name} is its control), the method YAML's otherwise")
+        return provenance
     if entry is None:
         raise TuneError(f"tuned={path} has no settings for method {method_name!r} (tuned: {sorted(data['methods'])}); "
                         f"tune it (python -m bench.run -m +experiment=tune method={method_name}) or set tuned=null")
@@ -529,15 +570,7 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
         if key in values:
             raise TuneError(f"method.{key} is set on the command line and also tuned in tuned={path}; drop one of "
                             "them (tuned=null to run your own value)")
-    # A file written before TRACE_ONLY_KEYS holds them.
-    want = {k: _without_trace_keys(k, v) for k, v in (data.get("context") or {}).items()}
-    have = context_of(resolved)
-    for key in CONTEXT_KEYS:
-        if key in want:
-            diff = _first_difference(want[key], have.get(key), key)
-            if diff:
-                raise TuneError(f"tuned={path} was tuned under another config ({diff}); retune under this config, "
-                                "run with the tuned config, or set tuned=null for the method YAMLs' values")
+    _check_tuned_under(data, resolved, path)
     method = dict(resolved["method"])
     unknown = [k for k in values if k not in method]
     if unknown:

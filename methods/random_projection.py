@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +30,10 @@ from methods.mrp import ProjectionHooks, attach_projection, check_rank_plan, pro
 class RandomProjection(Method):
     """layers, k, rank_budget: as MRP's (``method=mrp``), and they must match it for the control to
     mean anything: the defaults are MRP's (layer 0; k from 25% of d over the run's requests)."""
+
+    # Under a tuned file (the paper/compare presets) layers, k and rank_budget follow MRP's tuned values
+    # wherever MRP's tune grid set them (bench.tune.apply_tuned), so the control keeps MRP's rank.
+    controls: ClassVar[str] = "mrp"
 
     layers: list[int] = field(default_factory=lambda: [0])
     k: int | None = None

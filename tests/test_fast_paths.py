@@ -89,6 +89,61 @@ def test_packed_scoring_of_a_model_that_ignores_the_keep_mask(trained_micro, mic
         score_answers(IgnoresKeep(trained_micro, broken=True), tokenizer, ps, ans)
 
 
+def test_a_reused_layout_gives_the_numbers_of_a_fresh_one(trained_micro, micro_bench, tokenizer, monkeypatch):
+    """The packed layout depends only on the token ids: scoring the same pairs again (another stage, check or
+    attack checkpoint) reuses it, with bitwise the same scores as a layout built afresh, for other weights too."""
+    from bench import scoring
+
+    ps, ans = _all_pairs(micro_bench, micro_bench.items)
+    scoring.LAYOUTS.clear()
+    built = []
+    real = scoring._packed_layout
+    monkeypatch.setattr(scoring, "_packed_layout", lambda *a: built.append(1) or real(*a))
+    first = score_answers(trained_micro, tokenizer, ps, ans, batch_size=16)
+    again = score_answers(trained_micro, tokenizer, ps, ans, batch_size=16)
+    assert len(built) == 1 and len(scoring.LAYOUTS.entries) == 1
+    other = copy.deepcopy(trained_micro)
+    with torch.no_grad():
+        for prm in other.parameters():
+            prm.mul_(0.9)
+    reused = score_answers(other, tokenizer, ps, ans, batch_size=16)
+    scoring.LAYOUTS.clear()
+    fresh = score_answers(other, tokenizer, ps, ans, batch_size=16)
+    assert len(built) == 2
+    for a, b in ((first, again), (reused, fresh)):
+        assert (a.sum_logprob == b.sum_logprob).all() and (a.exact == b.exact).all()
+        assert all((x == y).all() for x, y in zip(a.token_logprobs, b.token_logprobs))
+    assert (first.sum_logprob != reused.sum_logprob).any()  # the weights changed, the layout did not
+    score_answers(trained_micro, tokenizer, ps[:5], ans[:5], batch_size=16)  # other pairs: a layout of their own
+    assert len(built) == 3 and len(scoring.LAYOUTS.entries) == 2
+    half = score_answers(other.to(torch.bfloat16), tokenizer, ps, ans, batch_size=16)  # another dtype: same layout
+    assert len(built) == 3 and half.exact.shape == fresh.exact.shape
+
+
+def test_the_layout_cache_keeps_within_its_byte_budget(trained_micro, micro_bench, tokenizer, monkeypatch):
+    from bench import scoring
+
+    ps, ans = _all_pairs(micro_bench, micro_bench.items)
+    cache = scoring._LayoutCache()
+    monkeypatch.setattr(scoring, "LAYOUTS", cache)
+    score_answers(trained_micro, tokenizer, ps, ans)
+    one = cache.bytes
+    assert one > 0 and cache.bytes == sum(b.nbytes() for layout in cache.entries.values() for b in layout)
+    pairs = lambda n: tuple(_Encodings.of(tokenizer).pair(p, a) for p, a in zip(ps[:n], ans[:n]))  # noqa: E731
+    score_answers(trained_micro, tokenizer, ps[:3], ans[:3])
+    score_answers(trained_micro, tokenizer, ps, ans)  # a hit: now the most recently used
+    cache.max_bytes = cache.bytes  # full: the next layout pushes out the least recently used, the 3 pairs'
+    score_answers(trained_micro, tokenizer, ps[:2], ans[:2])
+    assert [key[0] for key in cache.entries] == [pairs(len(ps)), pairs(2)] and cache.bytes <= cache.max_bytes
+    cache.max_bytes = one + 1  # room for one layout of this size: the least recently used goes
+    score_answers(trained_micro, tokenizer, ps[:-1], ans[:-1])
+    assert len(cache.entries) == 1 and cache.bytes <= cache.max_bytes
+    assert next(iter(cache.entries))[0] == pairs(len(ps) - 1)
+    cache.max_bytes = 1  # a layout larger than the budget is used, not kept
+    score_answers(trained_micro, tokenizer, ps, ans)
+    assert len(cache.entries) == 1
+
+
 def test_cached_tokenisation_is_encode_qa(micro_bench, tokenizer):
     enc = _Encodings.of(tokenizer)
     assert _Encodings.of(tokenizer) is enc  # one cache per tokenizer

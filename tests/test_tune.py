@@ -166,13 +166,49 @@ def test_tuned_values_reach_the_run_and_its_record_identity(tmp_path):
 
 def test_a_method_without_a_tune_block_runs_its_yaml_under_a_tuned_file(tmp_path):
     """random_projection trains nothing: a tuned file without it still lets the paper preset run it, as its YAML."""
-    path = _tuned_file(tmp_path, {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}})
+    path = _tuned_file(tmp_path, {"ga": {"values": {"lr": 3e-4}, "status": "chosen"},
+                                  "mrp": {"values": {"lr": 1.0}, "status": "chosen"}})  # its grid sets no shared key
     r = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=random_projection"), tmp_path / "run",
             "random_projection")
-    assert r.tuning["values"] == {} and "no tune: block" in r.tuning["note"]
+    assert r.tuning["values"] == {} and "no tune: block" in r.tuning["note"] and r.method.k is None
     with pytest.raises(UserError, match="tuning seeds"):  # the seed rule still holds
         Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=random_projection", "seed=1000"),
             tmp_path / "run", "random_projection")
+
+
+@pytest.mark.parametrize("mrp_entry", [
+    {"values": {"lr": 2.0, "k": 8}, "status": "chosen"},
+    {"values": None, "status": tune.NO_SETTING, "closest": {"values": {"lr": 2.0, "k": 8}, "reached": "0/3"}},
+])
+def test_a_control_runs_at_the_tuned_values_of_the_method_it_controls(tmp_path, mrp_entry):
+    """random_projection is MRP's capacity control: it must project out as many directions as the MRP beside it,
+    so it takes MRP's tuned k (chosen or closest; the test model has d = 32), not its YAML's, and nothing MRP's grid does not set."""
+    assert method_class({"_target_": "methods.random_projection.RandomProjection"}).controls == "mrp"
+    path = _tuned_file(tmp_path, {"mrp": mrp_entry})
+    r = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=random_projection"), tmp_path / "run",
+            "random_projection")
+    assert r.method.k == 8 and r.resolved["method"]["k"] == 8 and "lr" not in r.resolved["method"]
+    assert r.tuning["values"] == {"k": 8} and "mrp's tuned values" in r.tuning["note"]
+    assert r.tuning["follows"] == {"method": "mrp", "status": mrp_entry["status"] if mrp_entry["values"] else tune.CLOSEST}
+    mrp = Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=mrp"), tmp_path / "run", "mrp")
+    assert mrp.method.k == r.method.k and mrp.method.layers == r.method.layers
+    with pytest.raises(UserError, match="method.k is set on the command line"):
+        Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", "method=random_projection", "method.k=4"),
+            tmp_path / "run", "random_projection", overridden=["k"])
+    without = _tuned_file(tmp_path, {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}})
+    with pytest.raises(UserError, match="no settings for 'mrp'.*control"):
+        Run(compose_config(f"tuned={without}", f"cache_dir={tmp_path}", "method=random_projection"), tmp_path / "run",
+            "random_projection")
+    empty = _tuned_file(tmp_path, {"mrp": {"values": None, "status": tune.NO_SETTING}})
+    with pytest.raises(UserError, match="no tuned or closest value"):
+        Run(compose_config(f"tuned={empty}", f"cache_dir={tmp_path}", "method=random_projection"), tmp_path / "run",
+            "random_projection")
+    # MRP's k holds only under the config it was tuned under: a control under another one is refused as MRP is
+    other = _tuned_file(tmp_path, {"mrp": mrp_entry}, context={"continual": {"requests": 1}})
+    for method in ("mrp", "random_projection"):
+        with pytest.raises(UserError, match="tuned under another config"):
+            Run(compose_config(f"tuned={other}", f"cache_dir={tmp_path}", f"method={method}", "continual.requests=2"),
+                tmp_path / "run", method)
 
 
 @pytest.mark.parametrize("case,needles", [
