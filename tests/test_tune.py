@@ -291,11 +291,13 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
 SHIPPED = "bench/assets/tuned_synthetic_tiny.yaml"
 SHIPPED_3SEEDS = "bench/assets/tuned_synthetic_tiny_3seeds.yaml"
 SHIPPED_RETUNED_S29 = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06.yaml"
-SHIPPED_RETUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06b.yaml"
+SHIPPED_RETUNED_S30 = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06b.yaml"
+SHIPPED_RETUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06c.yaml"
 
 
 @pytest.mark.parametrize("preset,shipped", [("paper", SHIPPED_RETUNED), ("compare", SHIPPED_RETUNED),
-                                            ("paper", SHIPPED_RETUNED_S29), ("paper", SHIPPED_3SEEDS), ("paper", SHIPPED)])
+                                            ("paper", SHIPPED_RETUNED_S30), ("paper", SHIPPED_RETUNED_S29),
+                                            ("paper", SHIPPED_3SEEDS), ("paper", SHIPPED)])
 def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, preset, shipped):
     """The shipped tuned files load (from any working directory): the re-tuned three-seed file is what the paper and
     compare (Quickstart) presets run, the older three-seed and one-seed files are accepted by the paper preset (tuned
@@ -317,6 +319,10 @@ def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, pres
                                      micro=False), tmp_path / "run", name)
             assert {k: run.resolved["method"][k] for k in values} == values, name
             assert run.tuning["status"] == ("chosen" if entry["values"] is not None else tune.CLOSEST), name
+        # MRP's capacity control removes as many dimensions, at the same blocks, as the MRP row beside it
+        mrp, control = (Run(compose_config(f"+experiment={preset}", *override, f"method={m}", f"cache_dir={tmp_path}",
+                                           micro=False), tmp_path / "run", m) for m in ("mrp", "random_projection"))
+        assert (control.method.k, control.method.layers) == (mrp.method.k, mrp.method.layers)
     finally:
         os.chdir(cwd)
     assert not (tmp_path / "models").exists()
