@@ -265,9 +265,9 @@ def _tree_rows(pairs: Pairs, batch_size: int) -> list[list[list[int]]]:
 
 @dataclass(frozen=True)
 class _PackedBatch:
-    """One forward of the shared-prefix layout (CPU tensors): token ids and positions per row, the additive
-    attention mask (each node sees exactly its ancestors), the positions whose logits are read, and per pair
-    where its labels are in the flat logits."""
+    """One forward of the shared-prefix layout (CPU tensors): token ids and positions per row, which positions
+    each one attends to (exactly its ancestors; the model's additive mask is built from it per call, in the model's
+    dtype), the positions whose logits are read, and per pair where its labels are in the flat logits."""
 
     ids: torch.Tensor        # [rows, width] long
     pos: torch.Tensor        # [rows, width] long
