@@ -496,6 +496,17 @@ def _check_tuned_under(data: Mapping[str, Any], resolved: Mapping[str, Any], pat
                                 "run with the tuned config, or set tuned=null for the method YAMLs' values")
 
 
+def _entry_values(entry: Any) -> tuple[Mapping[str, Any] | None, str]:
+    """A tuned file's entry for one method: its chosen values ("chosen"), else the values of the setting that came
+    closest (CLOSEST: no grid point reached the target on the tuning seeds), else (None, CLOSEST)."""
+    values = entry.get("values") if isinstance(entry, Mapping) else None
+    if isinstance(values, Mapping):
+        return values, "chosen"
+    near = entry.get("closest") if isinstance(entry, Mapping) else None
+    values = near.get("values") if isinstance(near, Mapping) else None
+    return (values if isinstance(values, Mapping) else None), CLOSEST
+
+
 def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence[str] = (),
                 tunable: bool = True, controls: str | None = None) -> dict[str, Any] | None:
     """Merge the tuned values for ``method_name`` into ``resolved['method']`` (in place) when ``resolved['tuned']``
@@ -522,9 +533,10 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
             raise TuneError(f"{name}={value} is one of the tuning seeds {seeds} of tuned={path}: reporting on a tuning "
                             f"seed inflates the tuned method; report on other seeds (e.g. seed=0,1,2,3,4)")
     entry = data["methods"].get(method_name)
+    provenance = {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
+                  "utility": data.get("utility")}
     if entry is None and not tunable:  # no tune: block (a control such as random_projection): its YAML is its setting
-        provenance = {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
-                      "utility": data.get("utility"), "values": {}, "note": "no tune: block: the method YAML's values"}
+        provenance.update(values={}, note="no tune: block: the method YAML's values")
         if controls is None:
             return provenance
         followed = data["methods"].get(controls)
@@ -532,10 +544,8 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
             raise TuneError(f"tuned={path} has no settings for {controls!r}, the method {method_name!r} is the control "
                             f"of (it takes {controls}'s tuned values); tune {controls} (python -m bench.run -m "
                             f"+experiment=tune method={controls}) or set tuned=null")
-        values, status = followed.get("values"), "chosen"
-        if not isinstance(values, Mapping):
-            values, status = (followed.get("closest") or {}).get("values"), CLOSEST
-        if not isinstance(values, Mapping):
+        values, status = _entry_values(followed)
+        if values is None:
             raise TuneError(f"tuned={path}: {controls!r}, the method {method_name!r} is the control of, has no tuned "
                             f"or closest value; retune {controls} or set tuned=null")
         _check_tuned_under(data, resolved, path)  # the values hold only under the config they were tuned under
@@ -552,20 +562,17 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
     if entry is None:
         raise TuneError(f"tuned={path} has no settings for method {method_name!r} (tuned: {sorted(data['methods'])}); "
                         f"tune it (python -m bench.run -m +experiment=tune method={method_name}) or set tuned=null")
-    values = entry.get("values") if isinstance(entry, Mapping) else None
-    status = "chosen"
-    if not isinstance(values, Mapping):
-        # No grid point reached the forget target on the tuning seeds: run the one that came closest, marked as
-        # such in the record and the report (a clearly marked row, never a silent pick); without one, refuse.
-        near = entry.get("closest") if isinstance(entry, Mapping) else None
-        if not (isinstance(near, Mapping) and isinstance(near.get("values"), Mapping)):
-            raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds "
-                            f"{seeds}); widen conf/method/{method_name}.yaml's tune: grid and retune, or leave "
-                            f"{method_name} out of this sweep")
-        values, status = near["values"], CLOSEST
+    # No grid point reached the forget target on the tuning seeds: run the one that came closest, marked as such
+    # in the record and the report (a clearly marked row, never a silent pick); without one, refuse.
+    values, status = _entry_values(entry)
+    if values is None:
+        raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds "
+                        f"{seeds}); widen conf/method/{method_name}.yaml's tune: grid and retune, or leave "
+                        f"{method_name} out of this sweep")
+    if status == CLOSEST:
         log.warning("tuned=%s: %s for %s on seeds %s; running the closest setting %s (forget mcq %s), marked in the "
                     "record and the report", path, NO_SETTING, method_name, seeds, point_label(values),
-                    near.get("forget_mcq"))
+                    entry["closest"].get("forget_mcq"))
     for key in overridden:
         if key in values:
             raise TuneError(f"method.{key} is set on the command line and also tuned in tuned={path}; drop one of "
@@ -578,8 +585,7 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
                         "the method changed since tuning: retune")
     method.update(values)
     resolved["method"] = method
-    return {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
-            "utility": data.get("utility"), "values": dict(values), "status": status}
+    return {**provenance, "values": dict(values), "status": status}
 
 
 # ---- command line -----------------------------------------------------------------------------
