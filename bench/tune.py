@@ -16,6 +16,10 @@ then ``select`` picks one setting per method:
 - ``lowest_lr`` (the Ssiuu paper's protocol): the lowest lr among those settings; ties -> highest
   utility -> fewer steps.
 
+"Reached" means within ``reach_within`` x ``unlearn.max_steps`` steps (``hydra.sweeper.reach_within``, default
+0.5): a pick that needs the whole step cap on the tuning seeds misses it on about half the reported seeds (the
+winner's curse of a cap-edge pick), so the rule asks for headroom; 1.0 counts any run that stops at the target.
+
 A method none of whose settings reached the target gets a row "no setting reached the target" and
 no values: a run that loads the file for it stops before compute (never a silent pick). The sweep
 writes ``tuned.yaml`` (chosen values, tuning seeds, rule, the config they were tuned under) and
@@ -151,6 +155,14 @@ def check_rule(rule: Any) -> str:
     return rule
 
 
+def check_reach_within(value: Any) -> float:
+    """The share of the step cap within which a setting must reach the target to count (0 < value <= 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise TuneError(f"hydra.sweeper.reach_within={value!r} must be a share of unlearn.max_steps in (0, 1]; "
+                        "e.g. 0.5 (a pick reaches the target within half the step cap) or 1.0 (anywhere below the cap)")
+    return float(value)
+
+
 def parse_metric(metric: Any) -> tuple[str, str, str]:
     parts = metric.split("/") if isinstance(metric, str) else []
     if len(parts) != 3 or not all(parts):
@@ -183,6 +195,13 @@ class Plan:
     utility: str
     fixed: list[str] = field(default_factory=list)   # overrides every job gets
     context: dict[str, Any] = field(default_factory=dict)  # the CONTEXT_KEYS blocks the jobs run under (seed-free)
+    reach_within: float = 1.0  # share of unlearn.max_steps within which a run must reach the target to count
+
+    @property
+    def step_limit(self) -> float:
+        """The last step at which a run counts as reaching the target (inf when the cap is unknown)."""
+        cap = (self.context.get("unlearn") or {}).get("max_steps")
+        return self.reach_within * cap if isinstance(cap, (int, float)) and not isinstance(cap, bool) else math.inf
 
     def jobs(self) -> list[list[str]]:
         out = []
@@ -195,14 +214,16 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"methods": self.methods, "seeds": self.seeds, "rule": self.rule, "utility": self.utility,
-                "fixed": self.fixed, "context": self.context}
+                "reach_within": self.reach_within, "fixed": self.fixed, "context": self.context}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> "Plan":
         try:
             return cls(methods={m: {k: list(v) for k, v in s.items()} for m, s in d["methods"].items()},
                        seeds=check_seeds(d["seeds"]), rule=check_rule(d["rule"]), utility=str(d["utility"]),
-                       fixed=list(d.get("fixed") or []), context=dict(d.get("context") or {}))
+                       fixed=list(d.get("fixed") or []), context=dict(d.get("context") or {}),
+                       # plans written before the key existed counted any run that stopped at the target
+                       reach_within=check_reach_within(d.get("reach_within", 1.0)))
         except (KeyError, TypeError, AttributeError) as e:
             raise TuneError(f"{where}: not a tuning plan ({type(e).__name__}: {e}); rerun the tune sweep") from None
 
@@ -250,7 +271,8 @@ class Setting:
     method: str
     values: dict[str, Any]
     seeds: list[int] = field(default_factory=list)
-    reached: list[bool] = field(default_factory=list)
+    reached: list[bool] = field(default_factory=list)  # within the plan's step limit
+    reached_late: list[bool] = field(default_factory=list)  # reached, but after the step limit
     diverged: list[bool] = field(default_factory=list)
     utility: list[float] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)
@@ -297,7 +319,10 @@ def settings_from_records(plan: Plan, records: Sequence[Mapping[str, Any]]) -> l
                 u = rec.get("unlearn") or {}
                 diverged = rec.get("status") == "diverged" or bool(u.get("diverged"))
                 s.seeds.append(seed)
-                s.reached.append(bool(u.get("reached_target")) and not diverged)
+                stopped = bool(u.get("reached_target")) and not diverged
+                steps = float(u.get("steps", math.inf))
+                s.reached.append(stopped and steps <= plan.step_limit)
+                s.reached_late.append(stopped and steps > plan.step_limit)
                 s.diverged.append(diverged)
                 s.utility.append(_metric(rec, utility))
                 s.steps.append(float(u.get("steps", float("nan"))))
@@ -341,7 +366,9 @@ class Selection:
                 near = self.closest(method)
                 if near is not None:  # how far the grid fell short; a tuned run uses it, marked (apply_tuned)
                     methods[method]["closest"] = {"values": near.values,
-                                                  "reached": f"{sum(near.reached)}/{len(self.plan.seeds)}",
+                                                  "reached": f"{sum(near.reached)}/{len(self.plan.seeds)}"
+                                                             + (f" (+{sum(near.reached_late)} after step "
+                                                                f"{self.plan.step_limit:g})" if any(near.reached_late) else ""),
                                                   "forget_mcq": round(Setting.mean(near.forget_mcq), 6),
                                                   "utility": round(Setting.mean(near.utility), 6)}
                     edges = grid_edges(self.plan.methods[method], near.values)
@@ -354,18 +381,19 @@ class Selection:
                 if edges:
                     methods[method]["grid_edge"] = edges
         return {"rule": self.plan.rule, "utility": self.plan.utility, "seeds": self.plan.seeds,
+                "reach_within": self.plan.reach_within,
                 "sweep": str(sweep_dir), "context": self.plan.context, "methods": methods}
 
     def closest(self, method: str) -> Setting | None:
         """For a method none of whose settings reached the target: the one that came nearest, or None when no run
-        of it has a number. Nearest: reached on the most tuning seeds, then the lowest mean forget mcq, then the
-        most utility (a diverged seed counts as not reached)."""
+        of it has a number. Nearest: reached on the most tuning seeds (within the step limit, then after it), then
+        the lowest mean forget mcq, then the most utility (a diverged seed counts as not reached)."""
         ran = [s for s in self.settings if s.method == method and not math.isnan(Setting.mean(s.forget_mcq))]
         if not ran:
             return None
         util = lambda s: -math.inf if math.isnan(Setting.mean(s.utility)) else Setting.mean(s.utility)  # noqa: E731
         # s.reached is already False for a diverged seed (settings_from_records)
-        return min(ran, key=lambda s: (-sum(s.reached), Setting.mean(s.forget_mcq), -util(s)))
+        return min(ran, key=lambda s: (-sum(s.reached), -sum(s.reached_late), Setting.mean(s.forget_mcq), -util(s)))
 
     def table(self):
         import pandas as pd
@@ -382,8 +410,10 @@ class Selection:
                 note = f"{NO_SETTING}; closest to it" + (f", at the grid edge ({'; '.join(edges)})" if edges else "")
             if pick is s:
                 note = f"at the grid edge ({'; '.join(edges)}): widen and retune" if edges else ""
+            late = f" (+{sum(s.reached_late)} after step {self.plan.step_limit:g})" if any(s.reached_late) else ""
             rows.append({"method": s.method, "setting": point_label(s.values), "chosen": chosen,
-                         "reached": f"{sum(s.reached)}/{n}" + ("" if len(s.seeds) == n else f" ({n - len(s.seeds)} missing)"),
+                         "reached": f"{sum(s.reached)}/{n}" + late
+                                    + ("" if len(s.seeds) == n else f" ({n - len(s.seeds)} missing)"),
                          "model utility": Setting.mean(s.utility), "steps": Setting.mean(s.steps),
                          "forget mcq": Setting.mean(s.forget_mcq), "note": note})
         return pd.DataFrame(rows, columns=["method", "setting", "chosen", "reached", "model utility", "steps",
@@ -401,6 +431,8 @@ class Selection:
                      f"{p.utility}; ties: fewer steps, then lower lr" if p.rule == "utility" else
                      "the lowest lr among settings that reached the forget target on every tuning seed; ties: higher "
                      f"{p.utility}, then fewer steps")
+                  + (f"; reached: the forget target by step {p.step_limit:g} ({p.reach_within:g} of the step cap; "
+                     "\"+n after step ...\": seeds that reached it later, which do not count)" if p.reach_within < 1 else "")
                   + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": reached on the most tuning seeds, then the lowest forget mcq; a tuned run uses it and its row is labelled {CLOSEST_MARK.strip()}); "
                   "\"at the grid edge\": the pick is an end of a grid axis, so a better value may lie outside the grid")
         return shown.to_markdown(index=False) + "\n\n" + legend + "\n"
@@ -441,13 +473,16 @@ def write_selection(sel: Selection, sweep_dir: str | Path, out: str | Path | Non
     return md
 
 
-def select_dir(sweep_dir: str | Path, rule: str | None = None, out: str | Path | None = None) -> str:
+def select_dir(sweep_dir: str | Path, rule: str | None = None, out: str | Path | None = None,
+               reach_within: float | None = None) -> str:
     """Selection from a finished tuning sweep's folder (its plan and records)."""
     from bench.report import find_records, load_record
 
     plan = read_plan(Path(sweep_dir))
     if rule is not None:
         plan.rule = check_rule(rule)
+    if reach_within is not None:
+        plan.reach_within = check_reach_within(reach_within)
     records = [load_record(p) for p in find_records([sweep_dir])]
     return write_selection(select(plan, records), sweep_dir, out)
 
@@ -595,10 +630,12 @@ def main(argv: list[str] | None = None) -> None:
                                      description="Select tuned settings from a finished tuning sweep's records.")
     parser.add_argument("sweep_dir", help="the folder of a `python -m bench.run -m +experiment=tune` sweep")
     parser.add_argument("--rule", default=None, help=f"selection rule {list(RULES)} (default: the sweep's)")
+    parser.add_argument("--reach-within", type=float, default=None,
+                        help="share of unlearn.max_steps within which a setting must reach the target (default: the sweep's)")
     parser.add_argument("--out", default=None, help="also write the tuned file here")
     args = parser.parse_args(argv)
     try:
-        print(select_dir(args.sweep_dir, args.rule, args.out))
+        print(select_dir(args.sweep_dir, args.rule, args.out, args.reach_within))
     except UserError as err:
         exit_with(err, parser.prog)
 

@@ -132,6 +132,32 @@ def test_closest_setting_ranks_seeds_reached_then_forget_mcq_then_utility():
     assert tune.select(plan, nan).closest("ga") is None  # no number, no closest: the tuned run refuses
 
 
+def test_a_setting_counts_as_reaching_only_within_the_step_limit():
+    """reach_within: a run that stops at the target after reach_within x max_steps does not count (headroom, so
+    the pick reaches on reported seeds that need more steps); the table and the closest entry show those seeds."""
+    plan = tune.Plan({"npo": {"lr": [1e-4, 3e-4], "beta": [0.1, 0.5]}, "ga": {"lr": [1e-4]}}, [1000, 1001], "utility",
+                     "knowledge/retain/model_utility", context={"unlearn": {"max_steps": 600}}, reach_within=0.5)
+    assert plan.step_limit == 300
+    ga = [_rec("ga", s, {"lr": 1e-4}, steps=st) for s, st in ((1000, 250), (1001, 420))]
+    sel = tune.select(plan, _npo_records() + ga)
+    assert sel.chosen["npo"].values == {"lr": 3e-4, "beta": 0.5}  # _npo_records' steps are all <= 300
+    assert sel.chosen["ga"] is None  # seed 1001 reached at step 420 > 300
+    row = sel.table().set_index(["method", "setting"]).loc[("ga", "lr=0.0001")]
+    assert row["reached"] == "1/2 (+1 after step 300)" and row["note"].startswith(tune.NO_SETTING)
+    assert sel.tuned_file("sweep")["methods"]["ga"]["closest"]["reached"] == "1/2 (+1 after step 300)"
+    assert sel.tuned_file("sweep")["reach_within"] == 0.5 and "by step 300 (0.5 of the step cap" in sel.markdown()
+    # 1.0 counts any stop at the target; a plan written before the key existed reads as 1.0
+    plan.reach_within = 1.0
+    assert tune.select(plan, _npo_records() + ga).chosen["ga"].values == {"lr": 1e-4}
+    old = {k: v for k, v in plan.as_dict().items() if k != "reach_within"}
+    assert tune.Plan.from_dict(old, "plan").reach_within == 1.0
+    with pytest.raises(tune.TuneError, match="reach_within=0 must be a share of unlearn.max_steps in \\(0, 1\\]"):
+        tune.check_reach_within(0)
+    for bad in (1.5, -0.5, "half", True, None):
+        with pytest.raises(tune.TuneError, match="hydra.sweeper.reach_within"):
+            tune.check_reach_within(bad)
+
+
 def test_lowest_lr_rule_reproduces_the_ssiuu_protocol():
     sel = tune.select(_plan("lowest_lr"), _npo_records())
     assert sel.chosen["npo"].values == {"lr": 1e-4, "beta": 0.5}
@@ -384,6 +410,7 @@ def test_tune_settings_are_checked():
 @pytest.mark.parametrize("args,needle", [
     (["method=ga", "method.tune.lr=[]"], "method.tune.lr is an empty grid"),
     (["method=ga", "seed=1,2"], "hydra.sweeper.seeds"),
+    (["method=ga", "hydra.sweeper.reach_within=0"], "hydra.sweeper.reach_within=0 must be a share"),
 ])
 def test_tune_sweep_bad_input_is_one_line_before_any_job(tmp_path, args, needle):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -8,7 +8,8 @@ and, once they are done, selects one setting per method (bench.tune) and writes 
 ``tune_table.{md,csv}`` into the sweep folder (the tuned file also to ``out``).
 
 Settings (``hydra.sweeper.*``): seeds (tuning seeds; reported runs must use others), rule (utility |
-lowest_lr), utility (suite/split/metric maximised by the utility rule), out, max_batch_size, params
+lowest_lr), reach_within (share of unlearn.max_steps within which a setting must reach the target to count),
+utility (suite/split/metric maximised by the utility rule), out, max_batch_size, params
 (``method: ga,npo``: the methods to tune; ``method=ga,npo`` on the command line does the same).
 """
 
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 class TuneSweeper(BasicSweeper):
     def __init__(self, seeds: Sequence[int], rule: str = "utility", utility: str = "knowledge/retain/model_utility",
                  out: Optional[str] = "results/tuned.yaml", max_batch_size: Optional[int] = None,
-                 params: Optional[Dict[str, str]] = None) -> None:
+                 params: Optional[Dict[str, str]] = None, reach_within: float = 1.0) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
+        self.reach_within = reach_within
         self.seeds = list(seeds) if seeds is not None else []
         self.rule = rule
         self.utility = utility
@@ -43,6 +45,7 @@ class TuneSweeper(BasicSweeper):
 
         seeds = tune.check_seeds(list(self.seeds))
         rule = tune.check_rule(self.rule)
+        reach_within = tune.check_reach_within(self.reach_within)
         tune.parse_metric(self.utility)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
@@ -83,7 +86,7 @@ class TuneSweeper(BasicSweeper):
                                      "e.g. tune: {lr: [1.0e-4, 3.0e-4]}, or leave it out (method=...)")
             spaces[method] = {k: list(v) for k, v in space.items()}
             context = tune.context_of(resolved)
-        return tune.Plan(spaces, seeds, rule, self.utility, list(fixed.values()), context)
+        return tune.Plan(spaces, seeds, rule, self.utility, list(fixed.values()), context, reach_within)
 
     def sweep(self, arguments: List[str]) -> Any:
         from bench import tune
@@ -98,8 +101,8 @@ class TuneSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         tune.write_plan(plan, sweep_dir)
-        log.info("tune sweep: %d methods, %d settings, %d jobs on tuning seeds %s (rule %s)", len(plan.methods),
-                 len(jobs) // len(plan.seeds), len(jobs), plan.seeds, plan.rule)
+        log.info("tune sweep: %d methods, %d settings, %d jobs on tuning seeds %s (rule %s, reached by step %g)",
+                 len(plan.methods), len(jobs) // len(plan.seeds), len(jobs), plan.seeds, plan.rule, plan.step_limit)
         n = len(jobs) if self.max_batch_size in (None, -1) else self.max_batch_size
         self.overrides = [jobs[i:i + n] for i in range(0, len(jobs), n)]
         returns, dirs, idx = [], [], 0
