@@ -26,7 +26,7 @@ writes ``tuned.yaml`` (chosen values, tuning seeds, rule, the config they were t
 ``tune_table.{md,csv}`` (every setting searched) into the sweep folder, and the tuned file also to
 ``hydra.sweeper.out``; ``tuned=<file>`` loads it into a run (``apply_tuned``), which refuses a seed
 used for tuning and a config the values were not tuned under. ``python -m bench.tune SWEEP_DIR
-[--rule lowest_lr]`` redoes the selection from a finished sweep's records.
+[--rule lowest_lr] [--reach-within 1]`` redoes the selection from a finished sweep's records.
 """
 
 from __future__ import annotations
@@ -155,11 +155,11 @@ def check_rule(rule: Any) -> str:
     return rule
 
 
-def check_reach_within(value: Any) -> float:
+def check_reach_within(value: Any, where: str = "hydra.sweeper.reach_within") -> float:
     """The share of the step cap within which a setting must reach the target to count (0 < value <= 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise TuneError(f"hydra.sweeper.reach_within={value!r} must be a share of unlearn.max_steps in (0, 1]; "
-                        "e.g. 0.5 (a pick reaches the target within half the step cap) or 1.0 (anywhere below the cap)")
+        raise TuneError(f"{where}={value!r} must be a share of unlearn.max_steps in (0, 1]; e.g. 0.5 (a pick "
+                        "reaches the target within half the step cap) or 1.0 (anywhere below the cap)")
     return float(value)
 
 
@@ -199,9 +199,15 @@ class Plan:
 
     @property
     def step_limit(self) -> float:
-        """The last step at which a run counts as reaching the target (inf when the cap is unknown)."""
+        """The last step (of each continual request) at which a run counts as reaching the target; inf for
+        reach_within 1 (any stop at the target counts). A TuneError when a lower share has no cap to apply to."""
+        if self.reach_within >= 1:
+            return math.inf
         cap = (self.context.get("unlearn") or {}).get("max_steps")
-        return self.reach_within * cap if isinstance(cap, (int, float)) and not isinstance(cap, bool) else math.inf
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)):
+            raise TuneError(f"reach_within={self.reach_within:g} needs the step cap the sweep ran under, and its plan "
+                            "has no unlearn.max_steps (a sweep older than the key); reselect with --reach-within 1")
+        return self.reach_within * cap
 
     def jobs(self) -> list[list[str]]:
         out = []
@@ -223,7 +229,7 @@ class Plan:
                        seeds=check_seeds(d["seeds"]), rule=check_rule(d["rule"]), utility=str(d["utility"]),
                        fixed=list(d.get("fixed") or []), context=dict(d.get("context") or {}),
                        # plans written before the key existed counted any run that stopped at the target
-                       reach_within=check_reach_within(d.get("reach_within", 1.0)))
+                       reach_within=check_reach_within(d.get("reach_within", 1.0), f"{where}: reach_within"))
         except (KeyError, TypeError, AttributeError) as e:
             raise TuneError(f"{where}: not a tuning plan ({type(e).__name__}: {e}); rerun the tune sweep") from None
 
@@ -320,15 +326,24 @@ def settings_from_records(plan: Plan, records: Sequence[Mapping[str, Any]]) -> l
                 diverged = rec.get("status") == "diverged" or bool(u.get("diverged"))
                 s.seeds.append(seed)
                 stopped = bool(u.get("reached_target")) and not diverged
-                steps = float(u.get("steps", math.inf))
-                s.reached.append(stopped and steps <= plan.step_limit)
-                s.reached_late.append(stopped and steps > plan.step_limit)
+                late = stopped and _steps_past(u, plan.step_limit)
+                s.reached.append(stopped and not late)
+                s.reached_late.append(late)
                 s.diverged.append(diverged)
                 s.utility.append(_metric(rec, utility))
                 s.steps.append(float(u.get("steps", float("nan"))))
                 s.forget_mcq.append(_metric(rec, ("knowledge", "forget", "mcq_acc")))
             out.append(s)
     return out
+
+
+def _steps_past(unlearn: Mapping[str, Any], limit: float) -> bool:
+    """Whether a run that stopped at the target needed more than ``limit`` steps: of any request in a continual run
+    (the cap is per request; ``unlearn.steps`` sums them), else of the run. An unknown count is not past it."""
+    if math.isinf(limit):
+        return False
+    parts = [r.get("steps") for r in unlearn.get("requests") or []] or [unlearn.get("steps")]
+    return any(isinstance(n, (int, float)) and not isinstance(n, bool) and n > limit for n in parts)
 
 
 def _lr(s: Setting) -> float:
@@ -433,7 +448,7 @@ class Selection:
                      f"{p.utility}, then fewer steps")
                   + (f"; reached: the forget target by step {p.step_limit:g} ({p.reach_within:g} of the step cap; "
                      "\"+n after step ...\": seeds that reached it later, which do not count)" if p.reach_within < 1 else "")
-                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": reached on the most tuning seeds, then the lowest forget mcq; a tuned run uses it and its row is labelled {CLOSEST_MARK.strip()}); "
+                  + f"; cells: mean over tuning seeds; ✓ chosen; \"{NO_SETTING}\": the method has no tuned value (\"closest to it\": reached on the most tuning seeds, then on the most after the step limit, then the lowest forget mcq; a tuned run uses it and its row is labelled {CLOSEST_MARK.strip()}); "
                   "\"at the grid edge\": the pick is an end of a grid axis, so a better value may lie outside the grid")
         return shown.to_markdown(index=False) + "\n\n" + legend + "\n"
 
@@ -482,7 +497,7 @@ def select_dir(sweep_dir: str | Path, rule: str | None = None, out: str | Path |
     if rule is not None:
         plan.rule = check_rule(rule)
     if reach_within is not None:
-        plan.reach_within = check_reach_within(reach_within)
+        plan.reach_within = check_reach_within(reach_within, "--reach-within")
     records = [load_record(p) for p in find_records([sweep_dir])]
     return write_selection(select(plan, records), sweep_dir, out)
 
@@ -569,7 +584,8 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
                             f"seed inflates the tuned method; report on other seeds (e.g. seed=0,1,2,3,4)")
     entry = data["methods"].get(method_name)
     provenance = {"file": str(path), "digest": digest(data, 16), "seeds": seeds, "rule": data.get("rule"),
-                  "utility": data.get("utility")}
+                  "utility": data.get("utility"),
+                  **({"reach_within": data["reach_within"]} if "reach_within" in data else {})}
     if entry is None and not tunable:  # no tune: block (a control such as random_projection): its YAML is its setting
         provenance.update(values={}, note="no tune: block: the method YAML's values")
         if controls is None:

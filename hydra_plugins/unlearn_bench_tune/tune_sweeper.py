@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class TuneSweeper(BasicSweeper):
     def __init__(self, seeds: Sequence[int], rule: str = "utility", utility: str = "knowledge/retain/model_utility",
                  out: Optional[str] = "results/tuned.yaml", max_batch_size: Optional[int] = None,
-                 params: Optional[Dict[str, str]] = None, reach_within: float = 1.0) -> None:
+                 params: Optional[Dict[str, str]] = None, reach_within: float = 0.5) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.reach_within = reach_within
         self.seeds = list(seeds) if seeds is not None else []
