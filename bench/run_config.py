@@ -33,7 +33,7 @@ class UnlearnSettings:
     stopping rule itself reads only forget mcq: neither key changes when a run stops (README "Speed").
     """
 
-    max_steps: int = bounded(300, ge=1)
+    max_steps: int = bounded(600, ge=1)
     batch_size: int = bounded(16, ge=1)
     warmup_steps: int = bounded(0, ge=0)
     grad_clip: float | None = bounded(1.0, gt=0)
