@@ -155,9 +155,14 @@ def check_rule(rule: Any) -> str:
     return rule
 
 
+def _is_number(x: Any) -> bool:
+    """An int or float, not a bool (YAML's true is an int to isinstance)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def check_reach_within(value: Any, where: str = "hydra.sweeper.reach_within") -> float:
     """The share of the step cap within which a setting must reach the target to count (0 < value <= 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+    if not _is_number(value) or not 0 < value <= 1:
         raise TuneError(f"{where}={value!r} must be a share of unlearn.max_steps in (0, 1]; e.g. 0.5 (a pick "
                         "reaches the target within half the step cap) or 1.0 (anywhere below the cap)")
     return float(value)
@@ -204,7 +209,7 @@ class Plan:
         if self.reach_within >= 1:
             return math.inf
         cap = (self.context.get("unlearn") or {}).get("max_steps")
-        if isinstance(cap, bool) or not isinstance(cap, (int, float)):
+        if not _is_number(cap):
             raise TuneError(f"reach_within={self.reach_within:g} needs the step cap the sweep ran under, and its plan "
                             "has no unlearn.max_steps (a sweep older than the key); reselect with --reach-within 1")
         return self.reach_within * cap
@@ -303,7 +308,7 @@ def _metric(rec: Mapping[str, Any], key: tuple[str, str, str]) -> float:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if _is_number(a) and _is_number(b):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -343,12 +348,12 @@ def _steps_past(unlearn: Mapping[str, Any], limit: float) -> bool:
     if math.isinf(limit):
         return False
     parts = [r.get("steps") for r in unlearn.get("requests") or []] or [unlearn.get("steps")]
-    return any(isinstance(n, (int, float)) and not isinstance(n, bool) and n > limit for n in parts)
+    return any(_is_number(n) and n > limit for n in parts)
 
 
 def _lr(s: Setting) -> float:
     v = s.values.get("lr")
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.inf
+    return float(v) if _is_number(v) else math.inf
 
 
 def choose(settings: Sequence[Setting], rule: str, n_seeds: int) -> Setting | None:
@@ -380,10 +385,7 @@ class Selection:
                 methods[method] = {"values": None, "status": NO_SETTING}
                 near = self.closest(method)
                 if near is not None:  # how far the grid fell short; a tuned run uses it, marked (apply_tuned)
-                    methods[method]["closest"] = {"values": near.values,
-                                                  "reached": f"{sum(near.reached)}/{len(self.plan.seeds)}"
-                                                             + (f" (+{sum(near.reached_late)} after step "
-                                                                f"{self.plan.step_limit:g})" if any(near.reached_late) else ""),
+                    methods[method]["closest"] = {"values": near.values, "reached": self.reached_label(near),
                                                   "forget_mcq": round(Setting.mean(near.forget_mcq), 6),
                                                   "utility": round(Setting.mean(near.utility), 6)}
                     edges = grid_edges(self.plan.methods[method], near.values)
@@ -398,6 +400,11 @@ class Selection:
         return {"rule": self.plan.rule, "utility": self.plan.utility, "seeds": self.plan.seeds,
                 "reach_within": self.plan.reach_within,
                 "sweep": str(sweep_dir), "context": self.plan.context, "methods": methods}
+
+    def reached_label(self, s: Setting) -> str:
+        """``k/n`` tuning seeds reached within the step limit, and how many more reached it only later."""
+        late = f" (+{sum(s.reached_late)} after step {self.plan.step_limit:g})" if any(s.reached_late) else ""
+        return f"{sum(s.reached)}/{len(self.plan.seeds)}{late}"
 
     def closest(self, method: str) -> Setting | None:
         """For a method none of whose settings reached the target: the one that came nearest, or None when no run
@@ -425,10 +432,8 @@ class Selection:
                 note = f"{NO_SETTING}; closest to it" + (f", at the grid edge ({'; '.join(edges)})" if edges else "")
             if pick is s:
                 note = f"at the grid edge ({'; '.join(edges)}): widen and retune" if edges else ""
-            late = f" (+{sum(s.reached_late)} after step {self.plan.step_limit:g})" if any(s.reached_late) else ""
             rows.append({"method": s.method, "setting": point_label(s.values), "chosen": chosen,
-                         "reached": f"{sum(s.reached)}/{n}" + late
-                                    + ("" if len(s.seeds) == n else f" ({n - len(s.seeds)} missing)"),
+                         "reached": self.reached_label(s) + ("" if len(s.seeds) == n else f" ({n - len(s.seeds)} missing)"),
                          "model utility": Setting.mean(s.utility), "steps": Setting.mean(s.steps),
                          "forget mcq": Setting.mean(s.forget_mcq), "note": note})
         return pd.DataFrame(rows, columns=["method", "setting", "chosen", "reached", "model utility", "steps",
@@ -458,9 +463,9 @@ def grid_edges(space: Mapping[str, Sequence[Any]], values: Mapping[str, Any]) ->
     beyond the grid, so the table says which end and the fix is to widen that axis and retune."""
     out = []
     for key, axis in space.items():
-        nums = [v for v in axis if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        nums = [v for v in axis if _is_number(v)]
         v = values.get(key)
-        if len(nums) < 2 or len(nums) != len(axis) or not isinstance(v, (int, float)) or isinstance(v, bool):
+        if len(nums) < 2 or len(nums) != len(axis) or not _is_number(v):
             continue
         if _same(v, max(nums)):
             out.append(f"{key}={override_value(v)} is the grid's top")
