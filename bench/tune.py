@@ -623,8 +623,11 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
     values, status = _entry_values(entry)
     if values is None:
         raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds "
-                        f"{seeds}); widen conf/method/{method_name}.yaml's tune: grid and retune, or leave "
-                        f"{method_name} out of this sweep")
+                        f"{seeds}); widen conf/method/{method_name}.yaml's tune: grid and retune, "
+                        + (f"or reselect with a later step limit (python -m bench.tune <its tune sweep "
+                           f"folder> --reach-within 1; this file counts a stop by {data['reach_within']:g} of the step cap), "
+                           if _is_number(data.get("reach_within")) and data["reach_within"] < 1 else "")
+                        + f"or leave {method_name} out of this sweep")
     if status == CLOSEST:
         log.warning("tuned=%s: %s for %s on seeds %s; running the closest setting %s (forget mcq %s), marked in the "
                     "record and the report", path, NO_SETTING, method_name, seeds, point_label(values),

@@ -184,10 +184,10 @@ def test_a_setting_must_reach_the_target_on_every_tuning_seed():
 
 # ---- loading a tuned file into a run ----------------------------------------------------------
 
-def _tuned_file(tmp_path, methods, seeds=(1000,), context=None):
+def _tuned_file(tmp_path, methods, seeds=(1000,), context=None, **extra):
     path = tmp_path / "tuned.yaml"
     path.write_text(yaml.safe_dump({"rule": "utility", "utility": "knowledge/retain/model_utility", "seeds": list(seeds),
-                                    "context": context or {}, "methods": methods}))
+                                    "context": context or {}, "methods": methods, **extra}))
     return path
 
 
@@ -250,28 +250,32 @@ def test_a_control_runs_at_the_tuned_values_of_the_method_it_controls(tmp_path, 
 @pytest.mark.parametrize("case,needles", [
     ("tuning_seed", ["seed=1000", "tuning seeds [1000]"]),
     ("no_value", [tune.NO_SETTING, "widen", "tune: grid"]),
+    ("no_value_in_time", [tune.NO_SETTING, "widen", "--reach-within 1", "by 0.5 of the step cap"]),
     ("other_method", ["no settings for method 'ga'", "tuned=null"]),
     ("other_config", ["another config", "unlearn.max_steps", "tuned=null"]),
     ("overridden", ["method.lr is set on the command line"]),
 ])
 def test_tuned_file_misuse_fails_before_compute(tmp_path, case, needles):
     methods = {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}}
-    overrides, overridden, context = [], (), None
+    overrides, overridden, context, extra = [], (), None, {}
     if case == "tuning_seed":
         overrides = ["seed=1000"]
-    elif case == "no_value":
+    elif case.startswith("no_value"):
         methods = {"ga": {"values": None, "status": tune.NO_SETTING}}
+        extra = {"reach_within": 0.5} if case == "no_value_in_time" else {}
     elif case == "other_method":
         methods = {"npo": methods["ga"]}
     elif case == "other_config":
         context = {"unlearn": {**compose_config().unlearn, "max_steps": 999}}
     else:
         overridden = ("lr",)
-    path = _tuned_file(tmp_path, methods, context=context)
+    path = _tuned_file(tmp_path, methods, context=context, **extra)
     with pytest.raises(UserError) as info:
         Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}", *overrides), tmp_path / "run", "ga", overridden)
     for needle in needles:
         assert needle in str(info.value), str(info.value)
+    if case == "no_value":  # a file that counts any stop has no later step limit to offer
+        assert "--reach-within" not in str(info.value)
     assert not (tmp_path / "models").exists()
 
 
@@ -321,6 +325,8 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
         Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}"), tmp_path / "run", "ga", overridden)
     for needle in needles:
         assert needle in str(info.value), str(info.value)
+    if case == "no_value":  # a file that counts any stop has no later step limit to offer
+        assert "--reach-within" not in str(info.value)
     assert not (tmp_path / "models").exists()
 
 
