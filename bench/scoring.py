@@ -348,14 +348,16 @@ class _LayoutCache:
         self.entries: "OrderedDict[tuple, list[_PackedBatch]]" = OrderedDict()
         self.bytes = 0
 
-    def get(self, pairs: Pairs, batch_size: int, pad: int) -> Iterator[_PackedBatch]:
+    def get(self, pairs: Pairs, batch_size: int, pad: int, keep: bool = True) -> Iterator[_PackedBatch]:
+        """The layout of ``pairs``, from the cache if there; built and kept unless ``keep=False`` (a one-off
+        subset, which would only push out layouts that are scored again)."""
         key = (tuple(pairs), batch_size, pad)
         hit = self.entries.get(key)
         if hit is not None:
             self.entries.move_to_end(key)
             yield from hit
             return
-        kept: list[_PackedBatch] | None = []
+        kept: list[_PackedBatch] | None = [] if keep else None
         size = 0
         for b in _packed_layout(pairs, batch_size, pad):
             if kept is not None:
@@ -380,13 +382,15 @@ class _LayoutCache:
 LAYOUTS = _LayoutCache()
 
 
-def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
+def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list,
+                  keep_layout: bool = True) -> None:
     """Score every pair from a prefix tree of its row (``_packed_layout``, cached in ``LAYOUTS``): a prompt
     runs once for all its answers, prompts that begin alike share that beginning, and every token still sees
-    exactly the sequence ``encode_qa`` builds. Fills ``logp_out[i]``/``hit_out[i]`` per pair."""
+    exactly the sequence ``encode_qa`` builds. Fills ``logp_out[i]``/``hit_out[i]`` per pair; ``keep_layout=False``
+    leaves a layout built here out of the cache."""
     device = model_device(model)
     dtype = next(model.parameters()).dtype
-    for b in LAYOUTS.get(pairs, batch_size, pad):
+    for b in LAYOUTS.get(pairs, batch_size, pad, keep=keep_layout):
         keep = b.keep.to(device)
         mask = torch.zeros(b.allowed.shape, dtype=dtype, device=device).masked_fill_(~b.allowed.to(device),
                                                                                     torch.finfo(dtype).min)
@@ -401,7 +405,8 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
             at += n
 
 
-def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
+def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list,
+                 keep_layout: bool = True) -> None:
     """Score each pair as one right-padded sequence (any causal LM)."""
     examples = [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in pairs]
     device = model_device(model)
@@ -413,7 +418,7 @@ def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list,
 
 @torch.no_grad()
 def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64,
-                  shared_prefix: bool = True) -> AnswerScores:
+                  shared_prefix: bool = True, keep_layout: bool = True) -> AnswerScores:
     """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches of ``batch_size`` pairs.
 
     Each pair is the token ids ``encode_qa`` builds (prompt and answer tokenised separately, so the
@@ -421,7 +426,8 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
     takes the packed layout, ``shares_prefix``) the answers of one prompt are scored from a single
     pass over the prompt; otherwise each pair is its own sequence. Both give the same numbers to
     float tolerance (tests/test_scoring.py); ``AnswerScores.unshared`` counts the pairs scored the
-    plain way.
+    plain way. ``keep_layout=False``: pairs scored once (a partial stopping check's subset) do not enter the
+    layout cache (``LAYOUTS``); the numbers are the same either way.
     """
     enc = _Encodings.of(tokenizer)
     pairs = [enc.pair(p, a) for p, a in zip(prompts, answers, strict=True)]
@@ -432,7 +438,7 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
 
     def scored(size: int) -> None:  # the whole pass at one batch size (bench.memory: retried smaller on OOM)
         with eval_mode(model):
-            (_score_packed if packed else _score_plain)(model, pairs, size, pad_id(tokenizer), logp, hit)
+            (_score_packed if packed else _score_plain)(model, pairs, size, pad_id(tokenizer), logp, hit, keep_layout)
 
     fitting(scored, batch_size)
     per_token = [lp.numpy() for lp in logp]

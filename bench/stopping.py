@@ -128,8 +128,9 @@ class StopCheck:
 
     def _score_forget(self, model: torch.nn.Module, idx: np.ndarray) -> np.ndarray:
         pairs = [j for i in idx for j in range(i * self.k, (i + 1) * self.k)]
+        # A partial check's subset depends on the last check's margins, so it rarely recurs: not cached
         scored = score_answers(model, self.tokenizer, [self.option_prompts[j] for j in pairs],
-                               [self.option_answers[j] for j in pairs])
+                               [self.option_answers[j] for j in pairs], keep_layout=False)
         return self._forced_choice(idx, scored.option_logprob)
 
     def _retain_em(self, model: torch.nn.Module) -> float:

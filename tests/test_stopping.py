@@ -67,6 +67,23 @@ def test_partial_checks_score_the_most_confident_items_first(trained_micro, micr
     assert np.argmax(margins) == np.argsort(-margins, kind="stable")[0]
 
 
+def test_partial_checks_leave_the_layout_cache_to_the_passes_that_recur(trained_micro, micro_bench, tokenizer,
+                                                                       monkeypatch):
+    """A partial check's subset depends on the last margins, so its layout would only push out the full pass's
+    (scored again at every full check, every stage and every attack checkpoint)."""
+    from bench import scoring
+
+    forget, retain = _forget(micro_bench)
+    cache = scoring._LayoutCache()
+    monkeypatch.setattr(scoring, "LAYOUTS", cache)
+    check = StopCheck(micro_bench, tokenizer, forget, retain, target=0.0, trace_every=100, min_batch_items=1)
+    check.check(trained_micro, 0)
+    full = list(cache.entries)
+    assert len(full) == 1
+    assert check.check(trained_micro, 5).entry["forget_items_scored"] < len(forget)  # partial
+    assert list(cache.entries) == full
+
+
 def test_finish_ends_the_trace_with_a_full_entry(trained_micro, micro_bench, tokenizer):
     """A method with a smaller step budget than the run's (MRP with epochs) ends on a partial check."""
     forget, retain = _forget(micro_bench)
