@@ -53,8 +53,13 @@ class RecordError(UserError):
     """A ``record.json`` that is not a valid record; the message names the file and the fix."""
 
 
+# Where the caches live and whether stages are reused change no number (every cache is keyed by what does):
+# left out of a record's identity, so a sweep resumed with another cache_dir skips its finished runs.
+NOT_IDENTITY = ("cache_dir", "reuse_stages")
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    return digest(config, 16)
+    return digest({k: v for k, v in config.items() if k not in NOT_IDENTITY}, 16)
 
 
 @functools.cache
