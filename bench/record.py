@@ -53,9 +53,10 @@ class RecordError(UserError):
     """A ``record.json`` that is not a valid record; the message names the file and the fix."""
 
 
-# Where the caches live and whether stages are reused change no number (every cache is keyed by what does):
-# left out of a record's identity, so a sweep resumed with another cache_dir skips its finished runs.
-NOT_IDENTITY = ("cache_dir", "reuse_stages")
+# Where the caches live changes no number (every cache is keyed by what does): left out of a record's identity, so
+# a sweep resumed with its caches elsewhere skips its finished runs. reuse_stages stays in: with false, a rerun
+# recomputes a finished record's stages (the way to refresh one).
+NOT_IDENTITY = ("cache_dir",)
 
 
 def config_hash(config: dict[str, Any]) -> str:

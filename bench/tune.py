@@ -525,6 +525,8 @@ def load_tuned(path: str | Path) -> dict[str, Any]:
         raise TuneError(f"tuned={str(path)!r}: not a tuned-settings file (needs 'methods' and 'seeds'); "
                         "rerun the tune sweep")
     check_seeds(data["seeds"], f"tuned file {path} seeds")
+    if "reach_within" in data:  # files written before the key counted every stop
+        check_reach_within(data["reach_within"], f"tuned file {path} reach_within")
     return data
 
 
@@ -624,9 +626,10 @@ def apply_tuned(resolved: dict[str, Any], method_name: str, overridden: Sequence
     if values is None:
         raise TuneError(f"tuned={path}: method {method_name!r} has no tuned value ({NO_SETTING} on seeds "
                         f"{seeds}); widen conf/method/{method_name}.yaml's tune: grid and retune, "
-                        + (f"or reselect with a later step limit (python -m bench.tune <its tune sweep "
-                           f"folder> --reach-within 1; this file counts a stop by {data['reach_within']:g} of the step cap), "
-                           if _is_number(data.get("reach_within")) and data["reach_within"] < 1 else "")
+                        + (f"or reselect with a later step limit (python -m bench.tune <its tune sweep folder> "
+                           f"--reach-within 1; this file counts only stops within {data['reach_within']:g} of the "
+                           "step cap), "
+                           if data.get("reach_within", 1) < 1 else "")
                         + f"or leave {method_name} out of this sweep")
     if status == CLOSEST:
         log.warning("tuned=%s: %s for %s on seeds %s; running the closest setting %s (forget mcq %s), marked in the "

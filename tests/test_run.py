@@ -36,11 +36,11 @@ def test_end_to_end_determinism_and_resume(tmp_path):
     assert second["provenance"]["models"]["target"]["reused"] and second["provenance"]["reused_stages"] == []
     assert _rows(first) == _rows(second)
 
-    # Rerun into a finished directory: skipped, file untouched; also with the caches elsewhere or not reused
-    # (where caches live changes no number, so a sweep resumed with another cache_dir keeps its finished runs).
+    # Rerun into a finished directory: skipped, file untouched; also with the caches elsewhere (where caches live
+    # changes no number, so a sweep resumed with another cache_dir keeps its finished runs).
     mtime = (tmp_path / "a" / RECORD).stat().st_mtime_ns
     run(compose_config(cache, "method=npo"), tmp_path / "a", "npo")
-    run(compose_config(f"cache_dir={tmp_path / 'moved'}", "method=npo", "reuse_stages=false"), tmp_path / "a", "npo")
+    run(compose_config(f"cache_dir={tmp_path / 'moved'}", "method=npo"), tmp_path / "a", "npo")
     assert (tmp_path / "a" / RECORD).stat().st_mtime_ns == mtime and not (tmp_path / "moved").exists()
 
     # A changed config in the same directory: recomputed, the old record kept aside.

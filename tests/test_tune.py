@@ -250,10 +250,11 @@ def test_a_control_runs_at_the_tuned_values_of_the_method_it_controls(tmp_path, 
 @pytest.mark.parametrize("case,needles", [
     ("tuning_seed", ["seed=1000", "tuning seeds [1000]"]),
     ("no_value", [tune.NO_SETTING, "widen", "tune: grid"]),
-    ("no_value_in_time", [tune.NO_SETTING, "widen", "--reach-within 1", "by 0.5 of the step cap"]),
+    ("no_value_in_time", [tune.NO_SETTING, "widen", "--reach-within 1", "only stops within 0.5 of the step cap"]),
     ("other_method", ["no settings for method 'ga'", "tuned=null"]),
     ("other_config", ["another config", "unlearn.max_steps", "tuned=null"]),
     ("overridden", ["method.lr is set on the command line"]),
+    ("bad_reach_within", ["reach_within=-0.5", "(0, 1]"]),
 ])
 def test_tuned_file_misuse_fails_before_compute(tmp_path, case, needles):
     methods = {"ga": {"values": {"lr": 3e-4}, "status": "chosen"}}
@@ -267,6 +268,8 @@ def test_tuned_file_misuse_fails_before_compute(tmp_path, case, needles):
         methods = {"npo": methods["ga"]}
     elif case == "other_config":
         context = {"unlearn": {**compose_config().unlearn, "max_steps": 999}}
+    elif case == "bad_reach_within":  # a hand-edited file
+        extra = {"reach_within": -0.5}
     else:
         overridden = ("lr",)
     path = _tuned_file(tmp_path, methods, context=context, **extra)
@@ -325,8 +328,6 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
         Run(compose_config(f"tuned={path}", f"cache_dir={tmp_path}"), tmp_path / "run", "ga", overridden)
     for needle in needles:
         assert needle in str(info.value), str(info.value)
-    if case == "no_value":  # a file that counts any stop has no later step limit to offer
-        assert "--reach-within" not in str(info.value)
     assert not (tmp_path / "models").exists()
 
 
