@@ -405,8 +405,7 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
             at += n
 
 
-def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list,
-                 keep_layout: bool = True) -> None:
+def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list) -> None:
     """Score each pair as one right-padded sequence (any causal LM)."""
     examples = [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in pairs]
     device = model_device(model)
@@ -438,7 +437,10 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
 
     def scored(size: int) -> None:  # the whole pass at one batch size (bench.memory: retried smaller on OOM)
         with eval_mode(model):
-            (_score_packed if packed else _score_plain)(model, pairs, size, pad_id(tokenizer), logp, hit, keep_layout)
+            if packed:
+                _score_packed(model, pairs, size, pad_id(tokenizer), logp, hit, keep_layout)
+            else:
+                _score_plain(model, pairs, size, pad_id(tokenizer), logp, hit)
 
     fitting(scored, batch_size)
     per_token = [lp.numpy() for lp in logp]
