@@ -63,6 +63,22 @@ def config_hash(config: dict[str, Any]) -> str:
     return digest({k: v for k, v in config.items() if k not in NOT_IDENTITY}, 16)
 
 
+# A tuned-settings file is data a run reads through `tuned=`, and such a run's identity holds the file's digest
+# (bench.tune.apply_tuned): shipping a new one into bench/assets must not make every other record and cached stage stale.
+TUNED_FILES = "tuned_*.yaml"
+
+
+def source_files(root: Path = ROOT) -> list[Path]:
+    """The files `code_version` hashes: every .py, .yaml and .json under bench/ and methods/, less tuned files."""
+    files = []
+    for folder in ("bench", "methods"):
+        for path in sorted((root / folder).rglob("*")):
+            if (path.is_file() and path.suffix in (".py", ".yaml", ".json") and "__pycache__" not in path.parts
+                    and not (path.parent.name == "assets" and path.match(TUNED_FILES))):
+                files.append(path)
+    return files
+
+
 @functools.cache
 def code_version() -> str:
     """Hash of the harness and method sources (configs are covered by the config hash).
@@ -70,11 +86,9 @@ def code_version() -> str:
     Computed once per process: it names the code this process loaded, even if the files are
     edited while a long sweep runs."""
     h = hashlib.sha256()
-    for folder in ("bench", "methods"):
-        for path in sorted((ROOT / folder).rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".yaml", ".json") and "__pycache__" not in path.parts:
-                h.update(str(path.relative_to(ROOT)).encode())
-                h.update(path.read_bytes())
+    for path in source_files():
+        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

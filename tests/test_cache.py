@@ -38,3 +38,16 @@ def test_cache_reuse_and_invalidation(tmp_path, micro_bench, tokenizer):
 
     # Nothing half-written is left behind.
     assert not list((tmp_path / "models").glob(".tmp-*"))
+
+
+def test_code_version_covers_sources_but_not_tuned_files(tmp_path):
+    """A shipped tuned file is data (a tuned run's identity holds its digest): it must not count as a code change
+    that makes every record and cached stage stale; a source or a data file the harness reads does count."""
+    from bench.record import source_files
+
+    for rel in ("bench/run.py", "bench/assets/world_facts.json", "bench/assets/tuned_world_2026.yaml",
+                "bench/suites/conf.yaml", "methods/ga.py", "methods/notes.txt", "conf/config.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    counted = {p.relative_to(tmp_path).as_posix() for p in source_files(tmp_path)}
+    assert counted == {"bench/run.py", "bench/assets/world_facts.json", "bench/suites/conf.yaml", "methods/ga.py"}
