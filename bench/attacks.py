@@ -35,7 +35,7 @@ import torch
 from bench.benchmark import Benchmark, QAItem
 from bench.data import BatchStream, encode_text, instruction_examples, pad_id, qa_examples
 from bench.errors import UserError
-from bench.settings import parse_settings
+from bench.settings import is_number, parse_settings
 from bench.scoring import mean_nll, model_device, score_answers
 from bench.items import forced_choice, prompts
 from bench.train import TrainConfig, train_loop
@@ -110,7 +110,7 @@ class AttackSpec:
         where = f"attack {self.name!r}"
         if self.data not in DATA_SOURCES:
             raise AttackConfigError(f"{where}: data must be one of {DATA_SOURCES}, got {self.data!r}")
-        if not self.lrs or not all(isinstance(lr, (int, float)) and lr > 0 for lr in self.lrs):
+        if not self.lrs or not all(is_number(lr) and lr > 0 for lr in self.lrs):
             raise AttackConfigError(f"{where}: lrs must be a non-empty list of positive learning rates, got {list(self.lrs)}")
         if len(set(self.lrs)) != len(self.lrs):
             raise AttackConfigError(f"{where}: lrs has duplicates: {list(self.lrs)}")

@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from bench.directions import direction, is_integer, rank_key
 from bench.errors import UserError, exit_with
 from bench.record import CLOSEST_MARK, RECORD, TUNED_CLOSEST
+from bench.settings import is_number
 from bench.stages import HOOK_STAGES, REFERENCE_STAGES, UNLEARNED
 from bench.disk_cache import atomic_write
 from bench.table_stats import ci95, paired
@@ -120,7 +121,7 @@ def check_record(rec: Any, where: str) -> dict[str, Any]:
         if not isinstance(row, dict) or any(k not in row for k in _ROW_KEYS):
             raise ReportError(f"{where}: rows[{i}] is not a record row (needs {', '.join(_ROW_KEYS)})")
         v = row["value"]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        if v is not None and not is_number(v):
             raise ReportError(f"{where}: rows[{i}] value {v!r} is not a number or null")
     return rec
 

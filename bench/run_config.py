@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from bench.errors import ConfigError
+from bench.settings import is_int
 from bench.settings import bounded, parse_settings, unknown_key_error
 
 
@@ -133,7 +134,7 @@ def check_model_block(spec: Mapping[str, Any]) -> dict[str, Any]:
         value = arch.get(key, defaults.get(key))
         if value is None and key == "num_key_value_heads":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ConfigError(f"model.arch.{key} must be an integer >= 1, got {value!r}")
     d, heads = arch.get("hidden_size", defaults["hidden_size"]), arch.get("num_attention_heads", defaults["num_attention_heads"])
     kv = arch.get("num_key_value_heads") or heads

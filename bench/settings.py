@@ -63,8 +63,14 @@ def unknown_key_error(where: str, key: str, allowed: list[str], kind: str = "key
                          f"{did_you_mean(key, allowed)}allowed keys{block}: {sorted(allowed)}")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An int, not a bool (YAML's true is an int to isinstance)."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _type_name(tp: Any) -> str:
@@ -115,9 +121,9 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
-        return _is_int(value), value
+        return is_int(value), value
     if tp is float:
-        return (_is_int(value) or isinstance(value, float)), float(value) if _is_int(value) or isinstance(value, float) else value
+        return (is_int(value) or isinstance(value, float)), float(value) if is_int(value) or isinstance(value, float) else value
     if tp is str:
         return isinstance(value, str), value
     try:

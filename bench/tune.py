@@ -46,7 +46,7 @@ import yaml
 from bench.disk_cache import atomic_write, digest
 from bench.errors import ConfigError, UserError, exit_with
 from bench.record import CLOSEST_MARK, ROOT, TUNED_CLOSEST
-from bench.settings import did_you_mean, parse_settings
+from bench.settings import did_you_mean, is_int, is_number, parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def point_label(point: Mapping[str, Any]) -> str:
 def check_seeds(seeds: Any, where: str = "hydra.sweeper.seeds") -> list[int]:
     if not isinstance(seeds, (list, tuple)) or not seeds:
         raise TuneError(f"{where} must be a non-empty list of seeds, got {seeds!r}; e.g. {where}=[1000,1001,1002]")
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+    if not all(is_int(s) for s in seeds) or len(set(seeds)) != len(seeds):
         raise TuneError(f"{where} must list distinct integers, got {list(seeds)}; e.g. {where}=[1000,1001,1002]")
     return [int(s) for s in seeds]
 
@@ -155,14 +155,9 @@ def check_rule(rule: Any) -> str:
     return rule
 
 
-def _is_number(x: Any) -> bool:
-    """An int or float, not a bool (YAML's true is an int to isinstance)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def check_reach_within(value: Any, where: str = "hydra.sweeper.reach_within") -> float:
     """The share of the step cap within which a setting must reach the target to count (0 < value <= 1)."""
-    if not _is_number(value) or not 0 < value <= 1:
+    if not is_number(value) or not 0 < value <= 1:
         raise TuneError(f"{where}={value!r} must be a share of unlearn.max_steps in (0, 1]; e.g. 0.5 (a pick "
                         "reaches the target within half the step cap) or 1.0 (anywhere below the cap)")
     return float(value)
@@ -209,7 +204,7 @@ class Plan:
         if self.reach_within >= 1:
             return math.inf
         cap = (self.context.get("unlearn") or {}).get("max_steps")
-        if not _is_number(cap):
+        if not is_number(cap):
             raise TuneError(f"reach_within={self.reach_within:g} needs the step cap the sweep ran under, and its plan "
                             "has no unlearn.max_steps (a sweep older than the key); reselect with --reach-within 1")
         return self.reach_within * cap
@@ -308,7 +303,7 @@ def _metric(rec: Mapping[str, Any], key: tuple[str, str, str]) -> float:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if _is_number(a) and _is_number(b):
+    if is_number(a) and is_number(b):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -348,12 +343,12 @@ def _steps_past(unlearn: Mapping[str, Any], limit: float) -> bool:
     if math.isinf(limit):
         return False
     parts = [r.get("steps") for r in unlearn.get("requests") or []] or [unlearn.get("steps")]
-    return any(_is_number(n) and n > limit for n in parts)
+    return any(is_number(n) and n > limit for n in parts)
 
 
 def _lr(s: Setting) -> float:
     v = s.values.get("lr")
-    return float(v) if _is_number(v) else math.inf
+    return float(v) if is_number(v) else math.inf
 
 
 def choose(settings: Sequence[Setting], rule: str, n_seeds: int) -> Setting | None:
@@ -463,9 +458,9 @@ def grid_edges(space: Mapping[str, Sequence[Any]], values: Mapping[str, Any]) ->
     beyond the grid, so the table says which end and the fix is to widen that axis and retune."""
     out = []
     for key, axis in space.items():
-        nums = [v for v in axis if _is_number(v)]
+        nums = [v for v in axis if is_number(v)]
         v = values.get(key)
-        if len(nums) < 2 or len(nums) != len(axis) or not _is_number(v):
+        if len(nums) < 2 or len(nums) != len(axis) or not is_number(v):
             continue
         if _same(v, max(nums)):
             out.append(f"{key}={override_value(v)} is the grid's top")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from bench.benchmark import Benchmark, QAItem
 from bench.benign import fact_words, generate_instructions
+from bench.settings import is_int, is_number
 
 # -- relations ----------------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ def _split_sizes(n_people: int, forget_fraction: float, holdout_fraction: float)
 
 
 def _check_int(name: str, value, low: int, high: int | None = None, fix: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         rng = f">= {low}" if high is None else f"between {low} and {high}"
@@ -236,7 +237,7 @@ def _validate(n_people, forget_fraction, holdout_fraction, n_relations, n_option
     """Reject bad settings up front with a message that names the argument and the fix."""
     _check_int("n_people", n_people, 3, fix="Use n_people >= 3 (forget, retain and holdout each need people).")
     for name, v in (("forget_fraction", forget_fraction), ("holdout_fraction", holdout_fraction)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        if not is_number(v) or math.isnan(v):
             raise ValueError(f"{name} must be a number, got {v!r}")
     if forget_fraction <= 0:
         raise ValueError(f"forget_fraction={forget_fraction}: nothing to forget. "

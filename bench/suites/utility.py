@@ -52,7 +52,7 @@ from bench.benchmark import Benchmark
 from bench.disk_cache import digest, directory
 from bench.errors import ConfigError
 from bench.scoring import eval_mode
-from bench.settings import SettingsError, bounded
+from bench.settings import SettingsError, bounded, is_int, is_number
 from bench.stages import ORACLE
 from bench.suites import Row, SuiteContext, SuiteOutput
 
@@ -99,7 +99,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         limit = self.limit
-        if limit is not None and not ((_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit < 1)):
+        if limit is not None and not ((is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit < 1)):
             raise SettingsError(f"suite_settings.utility.limit must be null, an integer >= 1 (documents per task) "
                                 f"or a fraction in (0, 1); got {limit!r}")
         if not all(self.tasks):
@@ -113,10 +113,6 @@ class Settings:
     @property
     def stock(self) -> list[str]:
         return [t for t in self.tasks if t not in LOCAL_TASKS]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @functools.cache
@@ -301,7 +297,7 @@ def result_rows(results: dict[str, Any], stage: str, tasks: tuple[str, ...]) -> 
         n = _n_docs(results, task)
         for key, value in metrics.items():
             name = _metric_name(key)
-            if name is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if name is None or not is_number(value):
                 continue  # "N/A" stderr (bootstrap_iters=0) is not a number: no row rather than a made-up one
             rows.append(Row(stage, SUITE, SPLIT, f"{task}/{name}", float(value), n))
         if not any(r.metric.startswith(f"{task}/") for r in rows):
