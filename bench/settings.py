@@ -123,7 +123,7 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return is_int(value), value
     if tp is float:
-        return (is_int(value) or isinstance(value, float)), float(value) if is_int(value) or isinstance(value, float) else value
+        return is_number(value), float(value) if is_number(value) else value
     if tp is str:
         return isinstance(value, str), value
     try:
