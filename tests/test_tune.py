@@ -331,19 +331,27 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
     assert not (tmp_path / "models").exists()
 
 
-SHIPPED = "bench/assets/tuned_synthetic_tiny.yaml"
-SHIPPED_3SEEDS = "bench/assets/tuned_synthetic_tiny_3seeds.yaml"
-SHIPPED_RETUNED_S29 = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06.yaml"
-SHIPPED_RETUNED_S30 = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06b.yaml"
-SHIPPED_RETUNED_S31 = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06c.yaml"
-SHIPPED_RETUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-07.yaml"  # cap 600, reached within 300 steps
-SHIPPED_WIDENED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-07b.yaml"  # the same, edge axes widened
+PRESETS_TUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-07c.yaml"  # grids widened twice (session 34)
+# Every shipped tuned file, with the step cap it was tuned under (its config check asks for that cap).
+SHIPPED_CAPS = {
+    PRESETS_TUNED: 600,
+    "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-07b.yaml": 600,  # edge axes widened once (session 33)
+    "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-07.yaml": 600,   # cap 600, reached within 300 steps
+    "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06c.yaml": 300,
+    "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06b.yaml": 300,
+    "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-06.yaml": 300,
+    "bench/assets/tuned_synthetic_tiny_3seeds.yaml": 300,
+    "bench/assets/tuned_synthetic_tiny.yaml": 300,
+}
 
 
-@pytest.mark.parametrize("preset,shipped", [("paper", SHIPPED_RETUNED), ("compare", SHIPPED_RETUNED),
-                                            ("paper", SHIPPED_WIDENED), ("paper", SHIPPED_RETUNED_S31),
-                                            ("paper", SHIPPED_RETUNED_S30), ("paper", SHIPPED_RETUNED_S29),
-                                            ("paper", SHIPPED_3SEEDS), ("paper", SHIPPED)])
+def test_every_shipped_tuned_file_is_listed():
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bench" / "assets").glob("tuned_*.yaml")}
+    assert shipped == set(SHIPPED_CAPS)
+
+
+@pytest.mark.parametrize("preset,shipped", [("paper", PRESETS_TUNED), ("compare", PRESETS_TUNED),
+                                            *[("paper", f) for f in SHIPPED_CAPS if f != PRESETS_TUNED]])
 def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, preset, shipped):
     """The shipped tuned files load (from any working directory): the re-tuned three-seed file is what the paper and
     compare (Quickstart) presets run, the older three-seed and one-seed files are accepted by the paper preset (tuned
@@ -351,9 +359,9 @@ def test_the_presets_run_every_method_at_the_shipped_tuned_values(tmp_path, pres
     not reported seeds."""
     data = tune.load_tuned(shipped)
     assert set(data["seeds"]).isdisjoint(range(5))
-    # the older files were tuned under a 300-step cap (their config check asks for it)
-    override = ([] if shipped == SHIPPED_RETUNED else [f"tuned={shipped}"] if shipped == SHIPPED_WIDENED
-                else [f"tuned={shipped}", "unlearn.max_steps=300"])
+    override = [] if shipped == PRESETS_TUNED else [f"tuned={shipped}"]
+    if SHIPPED_CAPS[shipped] != 600:  # the presets' cap
+        override.append(f"unlearn.max_steps={SHIPPED_CAPS[shipped]}")
     assert compose_config(f"+experiment={preset}", *override, micro=False).tuned == shipped
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative to the project, not to where the run is started
