@@ -69,12 +69,13 @@ TUNED_FILES = "tuned_*.yaml"
 
 
 def source_files(root: Path = ROOT) -> list[Path]:
-    """The files `code_version` hashes: every .py, .yaml and .json under bench/ and methods/, less tuned files."""
+    """The files `code_version` hashes: every .py, .yaml, .json and .txt (e.g. IdkDPO's answers) under bench/ and
+    methods/, less the shipped tuned files."""
     files = []
     for folder in ("bench", "methods"):
         for path in sorted((root / folder).rglob("*")):
-            if (path.is_file() and path.suffix in (".py", ".yaml", ".json") and "__pycache__" not in path.parts
-                    and not (path.parent.name == "assets" and path.match(TUNED_FILES))):
+            if (path.is_file() and path.suffix in (".py", ".yaml", ".json", ".txt") and "__pycache__" not in path.parts
+                    and not (path.parent == root / "bench" / "assets" and path.match(TUNED_FILES))):
                 files.append(path)
     return files
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from bench.errors import ConfigError
-from bench.settings import is_int
-from bench.settings import bounded, parse_settings, unknown_key_error
+from bench.settings import bounded, is_int, parse_settings, unknown_key_error
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,11 @@ def test_code_version_covers_sources_but_not_tuned_files(tmp_path):
     that makes every record and cached stage stale; a source or a data file the harness reads does count."""
     from bench.record import source_files
 
-    for rel in ("bench/run.py", "bench/assets/world_facts.json", "bench/assets/tuned_world_2026.yaml",
-                "bench/suites/conf.yaml", "methods/ga.py", "methods/notes.txt", "conf/config.yaml"):
+    for rel in ("bench/run.py", "bench/assets/world_facts.json", "bench/assets/idk_answers.txt",
+                "bench/assets/tuned_world_2026.yaml", "bench/assets/old/tuned_x.yaml", "bench/suites/conf.yaml",
+                "methods/ga.py", "methods/notes.md", "conf/config.yaml"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     counted = {p.relative_to(tmp_path).as_posix() for p in source_files(tmp_path)}
-    assert counted == {"bench/run.py", "bench/assets/world_facts.json", "bench/suites/conf.yaml", "methods/ga.py"}
+    assert counted == {"bench/run.py", "bench/assets/world_facts.json", "bench/assets/idk_answers.txt",
+                       "bench/assets/old/tuned_x.yaml", "bench/suites/conf.yaml", "methods/ga.py"}
