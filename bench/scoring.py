@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import IGNORE, Batch, answer_text, batches_in_order, encode_prompt, pad_id
+from bench.last_block import last_block_at
 from bench.memory import fitting
 
 
@@ -383,18 +384,19 @@ LAYOUTS = _LayoutCache()
 
 
 def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list, hit_out: list,
-                  keep_layout: bool = True) -> None:
+                  keep_layout: bool = True, read_only_last_block: bool = True) -> None:
     """Score every pair from a prefix tree of its row (``_packed_layout``, cached in ``LAYOUTS``): a prompt
     runs once for all its answers, prompts that begin alike share that beginning, and every token still sees
     exactly the sequence ``encode_qa`` builds. Fills ``logp_out[i]``/``hit_out[i]`` per pair; ``keep_layout=False``
-    leaves a layout built here out of the cache."""
+    leaves a layout built here out of the cache. The last decoder block runs only at the read positions where
+    the model allows it (``bench.last_block``; ``read_only_last_block=False``: the whole forward)."""
     device = model_device(model)
     dtype = next(model.parameters()).dtype
     for b in LAYOUTS.get(pairs, batch_size, pad, keep=keep_layout):
         keep = b.keep.to(device)
         mask = torch.zeros(b.allowed.shape, dtype=dtype, device=device).masked_fill_(~b.allowed.to(device),
                                                                                     torch.finfo(dtype).min)
-        with boolean_keep_supported():
+        with boolean_keep_supported(), (last_block_at(model, keep) if read_only_last_block else nullcontext()):
             logits = model(input_ids=b.ids.to(device), attention_mask=mask, position_ids=b.pos.to(device),
                            use_cache=False, logits_to_keep=keep).logits
         logits = _flat_logits_checked(model, logits, keep, int(b.keep.sum()), "shared-prefix scoring")
@@ -417,7 +419,8 @@ def _score_plain(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list,
 
 @torch.no_grad()
 def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64,
-                  shared_prefix: bool = True, keep_layout: bool = True) -> AnswerScores:
+                  shared_prefix: bool = True, keep_layout: bool = True, read_only_last_block: bool = True
+                  ) -> AnswerScores:
     """Teacher-forced scores of ``answers[i]`` after ``prompts[i]``, in batches of ``batch_size`` pairs.
 
     Each pair is the token ids ``encode_qa`` builds (prompt and answer tokenised separately, so the
@@ -426,7 +429,8 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
     pass over the prompt; otherwise each pair is its own sequence. Both give the same numbers to
     float tolerance (tests/test_scoring.py); ``AnswerScores.unshared`` counts the pairs scored the
     plain way. ``keep_layout=False``: pairs scored once (a partial stopping check's subset) do not enter the
-    layout cache (``LAYOUTS``); the numbers are the same either way.
+    layout cache (``LAYOUTS``); the numbers are the same either way. ``read_only_last_block=False`` runs the
+    packed path's last decoder block at every position (``bench.last_block``; a benchmark's baseline).
     """
     enc = _Encodings.of(tokenizer)
     pairs = [enc.pair(p, a) for p, a in zip(prompts, answers, strict=True)]
@@ -438,7 +442,7 @@ def score_answers(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
     def scored(size: int) -> None:  # the whole pass at one batch size (bench.memory: retried smaller on OOM)
         with eval_mode(model):
             if packed:
-                _score_packed(model, pairs, size, pad_id(tokenizer), logp, hit, keep_layout)
+                _score_packed(model, pairs, size, pad_id(tokenizer), logp, hit, keep_layout, read_only_last_block)
             else:
                 _score_plain(model, pairs, size, pad_id(tokenizer), logp, hit)
 

@@ -304,3 +304,84 @@ def test_stop_check_can_cap_the_retain_items_it_traces(trained_micro, micro_benc
     alone = score_answers(trained_micro, tokenizer, prompts(micro_bench, capped.retain, "question"),
                           [it.answer for it in capped.retain]).exact.mean()
     assert em_capped == pytest.approx(alone)
+
+
+def _assert_same_scores(a, b, tol=1e-5):
+    assert (a.exact == b.exact).all() and (a.n_tokens == b.n_tokens).all()
+    assert max(np.abs(x - y).max() for x, y in zip(a.token_logprobs, b.token_logprobs)) < tol
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_last_block_at_read_positions_scores_as_the_whole_forward(trained_micro, micro_bench, tokenizer,
+                                                                      monkeypatch, attention):
+    """bench.last_block: the packed pass computes its last decoder block only where logits are read, and gives
+    the whole forward's scores (exact verdicts equal, log-probs to float rounding) for both attention kernels."""
+    from bench import last_block
+
+    model = copy.deepcopy(trained_micro)
+    model.set_attn_implementation(attention)
+    ps, ans = _all_pairs(micro_bench, micro_bench.items)
+    calls = []
+    real = last_block._block_at
+    monkeypatch.setattr(last_block, "_block_at", lambda *a: calls.append(1) or real(*a))
+    whole = score_answers(model, tokenizer, ps, ans, batch_size=16, read_only_last_block=False)
+    assert not calls
+    read = score_answers(model, tokenizer, ps, ans, batch_size=16)
+    assert calls and 0 < read.exact.sum() < len(ps)
+    _assert_same_scores(read, whole)
+    assert "forward" not in vars(model.model.layers[-1])  # the block's own forward is back
+
+
+def test_a_hook_on_the_last_block_keeps_the_whole_forward(trained_micro, micro_bench, tokenizer):
+    """A method's hook on the last block (MRP's projection can sit there) runs as deployed: no shortcut then.
+    A hook on the whole model (the stopping check's non-finite guard) keeps the shortcut and sees the logits."""
+    from bench.last_block import eligible_last_block
+
+    model = copy.deepcopy(trained_micro)
+    ps, ans = _all_pairs(micro_bench, micro_bench.items[:6])
+    plain = score_answers(model, tokenizer, ps, ans)
+    handle = model.model.layers[-1].register_forward_hook(
+        lambda m, i, out: out + torch.linspace(-1, 1, out.shape[-1]))  # RMSNorm undoes a scale, not a shift
+    with torch.no_grad():
+        assert eligible_last_block(model) is None
+    hooked = score_answers(model, tokenizer, ps, ans)
+    whole = score_answers(model, tokenizer, ps, ans, read_only_last_block=False)
+    handle.remove()
+    _assert_same_scores(hooked, whole)
+    assert np.abs(hooked.sum_logprob - plain.sum_logprob).max() > 1e-3  # the hook did act
+    seen = []
+    handle = model.register_forward_hook(lambda m, i, out: seen.append(tuple(out.logits.shape)))
+    with torch.no_grad():
+        assert eligible_last_block(model) is not None
+    _assert_same_scores(score_answers(model, tokenizer, ps, ans), plain)
+    handle.remove()
+    assert seen and all(len(s) == 2 for s in seen)  # flat logits at the kept positions
+    with torch.enable_grad():
+        assert eligible_last_block(model) is None  # training keeps the whole forward
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_last_block_shortcut_with_grouped_queries_and_uneven_rows(tokenizer, attention):
+    """Two blocks, grouped-query attention (2 key/value heads for 4 query heads), and rows that read three
+    positions, one (a single query: transformers' decoding path) or none: the kept logits of the whole forward."""
+    from bench.last_block import last_block_at
+    from bench.models import build_base_model
+    from tests.conftest import MICRO_ARCH
+
+    arch = {**MICRO_ARCH, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    model = build_base_model({"arch": arch}, tokenizer, seed=3).eval()
+    model.set_attn_implementation(attention)
+    rows, width = 3, 10
+    ids = torch.randint(3, model.config.vocab_size, (rows, width), generator=torch.Generator().manual_seed(0))
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = torch.zeros(rows, 1, width, width).masked_fill_(~causal, torch.finfo(torch.float32).min)
+    pos = torch.arange(width).expand(rows, -1)
+    keep = torch.zeros(rows, width, dtype=torch.bool)
+    keep[0, [2, 5, 9]] = True
+    keep[1, 7] = True
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
+        with last_block_at(model, keep) as took:
+            read = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
+    assert took and read.shape == whole.shape == (4, model.config.vocab_size)
+    assert (read - whole).abs().max() < 1e-5 and torch.equal(read.argmax(-1), whole.argmax(-1))

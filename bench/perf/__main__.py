@@ -176,6 +176,7 @@ def scoring_ratios(setup, model, repeats: int, sample: int) -> None:
     times = interleaved({"generate": lambda: [greedy_answers(model, tok, [gold_p[i]], budget, batch_size=1) for i in picked],
                          "em": lambda: score_answers(model, tok, gold_p, gold_a),
                          "em_cold": lambda: (LAYOUTS.clear(), score_answers(model, tok, gold_p, gold_a)),
+                         "em_whole": lambda: score_answers(model, tok, gold_p, gold_a, read_only_last_block=False),
                          "em+fc": lambda: score_answers(model, tok, gold_p + fc_p, gold_a + fc_a),
                          "all": lambda: score_answers(model, tok, all_p, all_a),
                          "all_plain": lambda: score_answers(model, tok, all_p, all_a, shared_prefix=False)}, repeats)
@@ -190,7 +191,13 @@ def scoring_ratios(setup, model, repeats: int, sample: int) -> None:
               "than per-item generate")
     print(f"   teacher-forced em, its packed layout built afresh (a first call; every later stage, check and attack "
           f"checkpoint reuses it): {1e3 * times['em_cold'] / n:.3f} ms/prompt -> {per_item * n / times['em_cold']:.1f}x")
-    print(f"   em vs greedy generation: {disagree} disagreements of {n}")
+    print(f"   teacher-forced em, the last block at every position (before bench.last_block): "
+          f"{1e3 * times['em_whole'] / n:.3f} ms/prompt -> {per_item * n / times['em_whole']:.1f}x; the last block at "
+          f"read positions only is {times['em_whole'] / times['em']:.2f}x faster")
+    whole = score_answers(model, tok, gold_p, gold_a, read_only_last_block=False)
+    print(f"   em vs greedy generation: {disagree} disagreements of {n}; the last block at read positions vs at every "
+          f"position: {int((whole.exact != exact).sum())} em disagreements, largest token log-prob difference "
+          f"{max(abs(a - b).max() for a, b in zip(whole.token_logprobs, score_answers(model, tok, gold_p, gold_a).token_logprobs)):.2g}")
     print(f"   shared-prefix vs plain scoring of every pair (interleaved): {times['all_plain'] / times['all']:.2f}x")
 
 
