@@ -13,7 +13,7 @@ over fewer rows may sum in another order; tests/test_fast_paths.py checks to 1e-
 Only a model this is provably the same function for takes it: a ``LlamaForCausalLM`` whose last block
 and its attention are transformers' own classes, with sdpa or eager attention, nothing hooked on the
 last block, the decoder, the norm or the head (a method's hook there, e.g. MRP projecting the last
-block's output, would be skipped or read unset positions), no global module hooks, and gradients off
+block's output, would be skipped or read unset positions) nor on the model's inputs, no global module hooks, and gradients off
 (scoring only: training keeps the whole forward). Any other model runs whole.
 """
 
@@ -49,7 +49,10 @@ def eligible_last_block(model: torch.nn.Module) -> torch.nn.Module | None:
         return None
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return None
-    if any(_hooked(m) for m in (block, decoder.norm, model.lm_head)) or decoder._forward_hooks or decoder._forward_pre_hooks:
+    # A hook on the whole model's output sees only the kept logits (the same either way); one on its inputs could
+    # change which positions are kept, so it, like any hook on what reads the last block's output, keeps it whole.
+    if (any(_hooked(m) for m in (block, decoder.norm, model.lm_head)) or decoder._forward_hooks
+            or decoder._forward_pre_hooks or model._forward_pre_hooks):
         return None
     return block
 

@@ -356,6 +356,10 @@ def test_a_hook_on_the_last_block_keeps_the_whole_forward(trained_micro, micro_b
     _assert_same_scores(score_answers(model, tokenizer, ps, ans), plain)
     handle.remove()
     assert seen and all(len(s) == 2 for s in seen)  # flat logits at the kept positions
+    handle = model.register_forward_pre_hook(lambda m, args: None)  # could change the kept positions: whole
+    with torch.no_grad():
+        assert eligible_last_block(model) is None
+    handle.remove()
     with torch.enable_grad():
         assert eligible_last_block(model) is None  # training keeps the whole forward
 
