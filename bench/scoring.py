@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import IGNORE, Batch, answer_text, batches_in_order, encode_prompt, pad_id
-from bench.last_block import last_block_at
+from bench.last_block import logits_read_at
 from bench.memory import fitting
 
 
@@ -396,9 +396,10 @@ def _score_packed(model, pairs: Pairs, batch_size: int, pad: int, logp_out: list
         keep = b.keep.to(device)
         mask = torch.zeros(b.allowed.shape, dtype=dtype, device=device).masked_fill_(~b.allowed.to(device),
                                                                                     torch.finfo(dtype).min)
-        with boolean_keep_supported(), (last_block_at(model, keep) if read_only_last_block else nullcontext()):
-            logits = model(input_ids=b.ids.to(device), attention_mask=mask, position_ids=b.pos.to(device),
-                           use_cache=False, logits_to_keep=keep).logits
+        inputs = dict(input_ids=b.ids.to(device), attention_mask=mask, position_ids=b.pos.to(device), use_cache=False)
+        with boolean_keep_supported():
+            logits = (logits_read_at(model, keep, **inputs)[0] if read_only_last_block
+                      else model(**inputs, logits_to_keep=keep).logits)
         logits = _flat_logits_checked(model, logits, keep, int(b.keep.sum()), "shared-prefix scoring")
         logp, hit = (t.cpu() for t in _gold_logprobs(logits[b.picked.to(device)], b.targets.to(device)))
         at = 0

@@ -337,7 +337,7 @@ def test_a_hook_on_the_last_block_keeps_the_whole_forward(trained_micro, micro_b
     A hook on the whole model (the stopping check's non-finite guard) keeps the shortcut and sees the logits."""
     from bench.last_block import eligible_last_block
 
-    model = copy.deepcopy(trained_micro)
+    model = copy.deepcopy(trained_micro).eval()  # an earlier test may leave the shared fixture in train mode
     ps, ans = _all_pairs(micro_bench, micro_bench.items[:6])
     plain = score_answers(model, tokenizer, ps, ans)
     handle = model.model.layers[-1].register_forward_hook(
@@ -368,7 +368,7 @@ def test_a_hook_on_the_last_block_keeps_the_whole_forward(trained_micro, micro_b
 def test_the_last_block_shortcut_with_grouped_queries_and_uneven_rows(tokenizer, attention):
     """Two blocks, grouped-query attention (2 key/value heads for 4 query heads), and rows that read three
     positions, one (a single query: transformers' decoding path) or none: the kept logits of the whole forward."""
-    from bench.last_block import last_block_at
+    from bench.last_block import logits_read_at
     from bench.models import build_base_model
     from tests.conftest import MICRO_ARCH
 
@@ -385,7 +385,51 @@ def test_the_last_block_shortcut_with_grouped_queries_and_uneven_rows(tokenizer,
     keep[1, 7] = True
     with torch.no_grad():
         whole = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
-        with last_block_at(model, keep) as took:
-            read = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
+        read, took = logits_read_at(model, keep, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
     assert took and read.shape == whole.shape == (4, model.config.vocab_size)
     assert (read - whole).abs().max() < 1e-5 and torch.equal(read.argmax(-1), whole.argmax(-1))
+
+
+def test_the_last_block_shortcut_is_one_call_and_only_for_transformers_own_llama(trained_micro, tokenizer):
+    """The swapped block forward serves one model call (a second forward inside it, e.g. a hook's with other kept
+    positions, runs whole); a subclass of the model, train mode or an output-asking config keep the whole forward."""
+    from transformers.models.llama.modeling_llama import LlamaForCausalLM
+
+    from bench.last_block import eligible_last_block, logits_read_at
+
+    model = copy.deepcopy(trained_micro).eval()
+    rows, width = 2, 8
+    ids = torch.randint(3, model.config.vocab_size, (rows, width), generator=torch.Generator().manual_seed(1))
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = torch.zeros(rows, 1, width, width).masked_fill_(~causal, torch.finfo(torch.float32).min)
+    inputs = dict(input_ids=ids, attention_mask=mask, position_ids=torch.arange(width).expand(rows, -1), use_cache=False)
+    keep, other = torch.zeros(rows, width, dtype=torch.bool), torch.zeros(rows, width, dtype=torch.bool)
+    keep[:, 3] = True
+    other[:, 6] = True
+    inner = []
+
+    def again(m, args, out):  # a hook that runs the model once more, with other kept positions
+        if not inner:
+            inner.append(None)
+            inner[0] = m(**inputs, logits_to_keep=other).logits
+
+    handle = model.register_forward_hook(again)
+    with torch.no_grad():
+        read, took = logits_read_at(model, keep, **inputs)
+        handle.remove()
+        assert took and "forward" not in vars(model.model.layers[-1])
+        assert (read - model(**inputs, logits_to_keep=keep).logits).abs().max() < 1e-5
+        assert (inner[0] - model(**inputs, logits_to_keep=other).logits).abs().max() < 1e-5
+
+        class WithValueHead(LlamaForCausalLM):
+            def forward(self, **kwargs):
+                return super().forward(**kwargs)
+
+        sub = copy.deepcopy(model)
+        sub.__class__ = WithValueHead
+        assert eligible_last_block(model) is not None and eligible_last_block(sub) is None
+        model.train()
+        assert eligible_last_block(model) is None
+        model.eval()
+        model.config.output_hidden_states = True
+        assert eligible_last_block(model) is None
