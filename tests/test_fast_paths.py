@@ -364,6 +364,14 @@ def test_a_hook_on_the_last_block_keeps_the_whole_forward(trained_micro, micro_b
         assert eligible_last_block(model) is None  # training keeps the whole forward
 
 
+def _causal_inputs(model, rows: int, width: int, seed: int) -> dict:
+    """A model call's inputs on random token ids: a 4D causal mask and positions, as the packed layout passes them."""
+    ids = torch.randint(3, model.config.vocab_size, (rows, width), generator=torch.Generator().manual_seed(seed))
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = torch.zeros(rows, 1, width, width).masked_fill_(~causal, torch.finfo(torch.float32).min)
+    return dict(input_ids=ids, attention_mask=mask, position_ids=torch.arange(width).expand(rows, -1), use_cache=False)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_the_last_block_shortcut_with_grouped_queries_and_uneven_rows(tokenizer, attention):
     """Two blocks, grouped-query attention (2 key/value heads for 4 query heads), and rows that read three
@@ -376,16 +384,13 @@ def test_the_last_block_shortcut_with_grouped_queries_and_uneven_rows(tokenizer,
     model = build_base_model({"arch": arch}, tokenizer, seed=3).eval()
     model.set_attn_implementation(attention)
     rows, width = 3, 10
-    ids = torch.randint(3, model.config.vocab_size, (rows, width), generator=torch.Generator().manual_seed(0))
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = torch.zeros(rows, 1, width, width).masked_fill_(~causal, torch.finfo(torch.float32).min)
-    pos = torch.arange(width).expand(rows, -1)
+    inputs = _causal_inputs(model, rows, width, seed=0)
     keep = torch.zeros(rows, width, dtype=torch.bool)
     keep[0, [2, 5, 9]] = True
     keep[1, 7] = True
     with torch.no_grad():
-        whole = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
-        read, took = logits_read_at(model, keep, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        whole = model(**inputs, logits_to_keep=keep).logits
+        read, took = logits_read_at(model, keep, **inputs)
     assert took and read.shape == whole.shape == (4, model.config.vocab_size)
     assert (read - whole).abs().max() < 1e-5 and torch.equal(read.argmax(-1), whole.argmax(-1))
 
@@ -399,10 +404,7 @@ def test_the_last_block_shortcut_is_one_call_and_only_for_transformers_own_llama
 
     model = copy.deepcopy(trained_micro).eval()
     rows, width = 2, 8
-    ids = torch.randint(3, model.config.vocab_size, (rows, width), generator=torch.Generator().manual_seed(1))
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = torch.zeros(rows, 1, width, width).masked_fill_(~causal, torch.finfo(torch.float32).min)
-    inputs = dict(input_ids=ids, attention_mask=mask, position_ids=torch.arange(width).expand(rows, -1), use_cache=False)
+    inputs = _causal_inputs(model, rows, width, seed=1)
     keep, other = torch.zeros(rows, width, dtype=torch.bool), torch.zeros(rows, width, dtype=torch.bool)
     keep[:, 3] = True
     other[:, 6] = True

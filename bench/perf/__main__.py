@@ -181,7 +181,8 @@ def scoring_ratios(setup, model, repeats: int, sample: int) -> None:
                          "all": lambda: score_answers(model, tok, all_p, all_a),
                          "all_plain": lambda: score_answers(model, tok, all_p, all_a, shared_prefix=False)}, repeats)
     per_item = times["generate"] / len(picked)
-    exact = score_answers(model, tok, gold_p, gold_a).exact
+    read = score_answers(model, tok, gold_p, gold_a)
+    exact = read.exact
     disagree = int(sum(bool(e) != (g == a) for e, g, a in zip(exact, gens, gold_a)))
     n_tokens = sum(len(tok(p).input_ids) for p in dict.fromkeys(all_p))
     print(f"2. scoring: {n} prompts ({n_tokens} prompt tokens), {len(all_p)} distinct prompt-answer pairs; "
@@ -197,7 +198,7 @@ def scoring_ratios(setup, model, repeats: int, sample: int) -> None:
     whole = score_answers(model, tok, gold_p, gold_a, read_only_last_block=False)
     print(f"   em vs greedy generation: {disagree} disagreements of {n}; the last block at read positions vs at every "
           f"position: {int((whole.exact != exact).sum())} em disagreements, largest token log-prob difference "
-          f"{max(abs(a - b).max() for a, b in zip(whole.token_logprobs, score_answers(model, tok, gold_p, gold_a).token_logprobs)):.2g}")
+          f"{max(abs(a - b).max() for a, b in zip(whole.token_logprobs, read.token_logprobs)):.2g}")
     print(f"   shared-prefix vs plain scoring of every pair (interleaved): {times['all_plain'] / times['all']:.2f}x")
 
 
