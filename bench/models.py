@@ -221,6 +221,25 @@ def inject_knowledge(model, bench: Benchmark, tokenizer, role: str, cfg: TrainCo
     return {"examples": len(examples), "steps": res.steps, "final_loss": res.final_loss, "wall_s": res.wall_s}
 
 
+# A target that knows the forget facts only loosely leaves a seed-dependent amount to unlearn and to relearn: at
+# 1,500 injection steps the default world's targets ended at forget answer prob 0.88-0.99 by seed, and GradDiff's
+# relearned (rtt) forget mcq followed that fit, 0.55-0.84 (README "Why the relearn rows varied between seeds").
+UNDERFIT_ANSWER_PROB = 0.95
+
+
+def underfit_target(rows: list[Any]) -> str | None:
+    """One line when the injected target's mean answer prob on the forget split is under UNDERFIT_ANSWER_PROB
+    (knowledge suite rows of stage ``target``), else None (also when the suite did not run)."""
+    found = {r.metric: r.value for r in rows if r.stage == "target" and r.suite == "knowledge" and r.split == "forget"}
+    prob = found.get("answer_prob")
+    if prob is None or not prob < UNDERFIT_ANSWER_PROB:
+        return None
+    em = found.get("em")
+    return (f"the target model knows the forget split only loosely (answer prob {prob:.3f} < {UNDERFIT_ANSWER_PROB}"
+            + (f", em {em:.3f}" if em is not None else "") + "): how much is unlearned and relearned then varies "
+            "with this fit; train it longer (model.inject.max_steps)")
+
+
 def _shaping_code() -> list[Any]:
     """The code that turns injection token ids into weights: batch order and padding, the loss, the
     loop with its optimiser and schedule (all of bench/train.py), the base model's construction and

@@ -40,7 +40,8 @@ from bench.data import check_lengths
 from bench.errors import ConfigError, UserError, exit_with
 from bench.method import Method, ModelShape, UnlearnContext, UnlearnData
 from bench.disk_cache import digest
-from bench.models import ModelConfigError, build_base_model, obtain_models, pretrained_source, resolve_device, validate_model_spec
+from bench.models import (ModelConfigError, build_base_model, obtain_models, pretrained_source, resolve_device,
+                          underfit_target, validate_model_spec)
 from bench.pretrained import RULE, known_forget
 from bench.record import (code_version, config_hash, move_aside, provenance, read_record, runtime_identity, same_identity,
                           write_record)
@@ -259,6 +260,8 @@ class Run:
         if self.oracle is not None:
             self.evaluate(self.oracle, stages.ORACLE)
         self.evaluate(self.target, stages.TARGET)
+        if self.inject and self.world.is_main and (warning := underfit_target(self.rows)):
+            log.warning(warning)
         outcome = self.unlearn()
         self.rows += unlearn_rows(stages.UNLEARNED, outcome.result, outcome.reached, len(self.bench.split("forget")))
         if outcome.result.diverged:

@@ -102,3 +102,29 @@ def test_oracle_and_target_stages_are_reused_across_methods_until_something_chan
     other_text = run(compose_config(cache, "method=ga", "benchmark.n_heldout_text=1"), tmp_path / "ga-t", "ga")
     assert other_text["provenance"]["models"]["target"]["key"] == ga["provenance"]["models"]["target"]["key"]
     assert other_text["provenance"]["reused_stages"] == []
+
+
+def test_underfit_target_is_named_in_one_line():
+    from bench.models import UNDERFIT_ANSWER_PROB, underfit_target
+    from bench.suites import Row
+
+    def rows(prob, stage="target", split="forget"):
+        return [Row(stage, "knowledge", split, "answer_prob", prob, 10), Row(stage, "knowledge", split, "em", 0.9, 10)]
+
+    line = underfit_target(rows(0.884))
+    assert "0.884" in line and "em 0.900" in line and "model.inject.max_steps" in line and "\n" not in line
+    assert underfit_target(rows(UNDERFIT_ANSWER_PROB)) is None and underfit_target(rows(0.99)) is None
+    # only the target's forget split counts; no knowledge rows at all: nothing to say
+    assert underfit_target(rows(0.5, stage="oracle") + rows(0.5, split="retain") + rows(0.99)) is None
+    assert underfit_target([]) is None
+
+
+def test_run_warns_when_the_target_barely_learned_the_forget_split(tmp_path, caplog):
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", "model.inject.max_steps=3", "unlearn.stop_at=null",
+                         "unlearn.max_steps=1", "suites=[knowledge]")
+    with caplog.at_level("WARNING", logger="bench.run"):
+        record = run(cfg, tmp_path / "run", "ga")
+    prob = next(r["value"] for r in record["rows"]
+                if (r["stage"], r["split"], r["metric"]) == ("target", "forget", "answer_prob"))
+    assert prob < 0.5
+    assert any("knows the forget split only loosely" in m and "model.inject.max_steps" in m for m in caplog.messages)
