@@ -35,6 +35,7 @@ from pathlib import Path
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
 from bench.benign import with_instructions
 from bench.benchmarks._rows import Rows, load_rows, options_with_gold, require
+from bench.settings import is_int
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _clusters(rows: Rows) -> dict[int, dict[str, list[dict]]]:
     for i, row in enumerate(rows.rows):
         if row["category"] not in CATEGORIES:
             raise BenchmarkError(f"{rows.source}: row {i}: category {row['category']!r} is not one of {CATEGORIES}")
-        if isinstance(row["cluster"], bool) or not isinstance(row["cluster"], int):
+        if not is_int(row["cluster"]):
             raise BenchmarkError(f"{rows.source}: row {i}: field 'cluster' must be an integer, got {row['cluster']!r}")
         fo = row["false_options"]
         if not (isinstance(fo, list) and fo and all(isinstance(x, str) for x in fo)):

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
 from bench.benchmarks._rows import options_with_gold
+from bench.settings import is_int
 
 CORPORA = ("news", "books")
 RAW = ("forget", "retain1", "retain2", "holdout")
@@ -154,7 +155,7 @@ def load_muse(data_dir: str, corpus: str = "news", n_options: int = 4, max_new_t
         raise BenchmarkError(f"benchmark.corpus={corpus!r}: use one of {CORPORA}")
     for name, v in (("n_options", n_options), ("max_new_tokens", max_new_tokens),
                     ("verbmem_max_new_tokens", verbmem_max_new_tokens), ("knowmem_max_new_tokens", knowmem_max_new_tokens)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "n_options" else 1):
+        if not is_int(v) or v < (2 if name == "n_options" else 1):
             raise BenchmarkError(f"benchmark.{name}={v!r} must be an integer >= {2 if name == 'n_options' else 1}")
     root = Path(data_dir)
     if not root.is_dir():

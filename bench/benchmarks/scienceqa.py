@@ -27,6 +27,7 @@ from typing import Sequence
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
 from bench.benign import with_instructions
 from bench.benchmarks._rows import LETTERS, Rows, lettered_question, load_rows, require
+from bench.settings import is_int
 
 FIELDS = ("question", "choices", "answer", "subject", "topic")
 MRP_TOPICS = ("chemistry", "biology", "physics", "earth-science")
@@ -38,7 +39,7 @@ def _check_row(rows: Rows, i: int, n_choices: int) -> bool:
     choices, answer = row["choices"], row["answer"]
     if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
         raise BenchmarkError(f"{rows.source}: row {i}: field 'choices' must be a list of strings, got {choices!r}")
-    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+    if not is_int(answer) or not 0 <= answer < len(choices):
         raise BenchmarkError(f"{rows.source}: row {i}: field 'answer' must index 'choices' (0..{len(choices) - 1}), "
                              f"got {answer!r}")
     return not row.get("image") and len(choices) == n_choices
@@ -58,12 +59,12 @@ def load_scienceqa(path: str | None = "derek-thomas/ScienceQA", data_dir: str | 
     """
     if not forget_topics:
         raise BenchmarkError("benchmark.forget_topics is empty; list natural-science topics, e.g. [chemistry, biology]")
-    if isinstance(n_choices, bool) or not isinstance(n_choices, int) or not 2 <= n_choices <= 5:
+    if not is_int(n_choices) or not 2 <= n_choices <= 5:
         raise BenchmarkError(f"benchmark.n_choices={n_choices!r}: use an integer from 2 to 5 (ScienceQA has 2-5 choices)")
     if not 0 <= holdout_fraction < 1:
         raise BenchmarkError(f"benchmark.holdout_fraction={holdout_fraction} must be in [0, 1)")
     for name, v in (("max_per_topic", max_per_topic), ("max_retain", max_retain)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        if v is not None and (not is_int(v) or v < 1):
             raise BenchmarkError(f"benchmark.{name}={v!r} must be null or an integer >= 1")
     rows = load_rows(path, None, split, data_dir, file_stem=split)
     require(rows, FIELDS)

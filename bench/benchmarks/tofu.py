@@ -34,6 +34,7 @@ import logging
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
 from bench.benign import with_instructions
 from bench.benchmarks._rows import Rows, as_list, load_rows, options_with_gold, require
+from bench.settings import is_int
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,9 @@ def load_tofu(forget_split: str = "forget10", path: str | None = "locuslab/TOFU"
     """
     if forget_split not in FORGET_SPLITS:
         raise BenchmarkError(f"benchmark.forget_split={forget_split!r}: use one of {FORGET_SPLITS}")
-    if isinstance(n_options, bool) or not isinstance(n_options, int) or not 2 <= n_options <= 6:
+    if not is_int(n_options) or not 2 <= n_options <= 6:
         raise BenchmarkError(f"benchmark.n_options={n_options!r}: use an integer from 2 to 6 (TOFU has 5 perturbed answers)")
-    if isinstance(questions_per_author, bool) or not isinstance(questions_per_author, int) or questions_per_author < 1:
+    if not is_int(questions_per_author) or questions_per_author < 1:
         raise BenchmarkError(f"benchmark.questions_per_author={questions_per_author!r} must be an integer >= 1 (TOFU: 20)")
     pct = int(forget_split[-2:])
 

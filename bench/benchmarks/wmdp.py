@@ -28,6 +28,7 @@ from typing import Sequence
 from bench.benchmark import Benchmark, BenchmarkError, QAItem
 from bench.benign import with_instructions
 from bench.benchmarks._rows import LETTERS, Rows, lettered_question, load_file, load_rows, require
+from bench.settings import is_int
 
 SUBSETS = ("wmdp-bio", "wmdp-cyber", "wmdp-chem")
 FIELDS = ("question", "choices", "answer")
@@ -39,7 +40,7 @@ def _subset_items(rows: Rows, subset: str, split: str) -> list[QAItem]:
         choices, answer = row["choices"], row["answer"]
         if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)):
             raise BenchmarkError(f"{rows.source}: row {i}: field 'choices' must be a list of >= 2 strings, got {choices!r}")
-        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        if not is_int(answer) or not 0 <= answer < len(choices):
             raise BenchmarkError(f"{rows.source}: row {i}: field 'answer' must index 'choices' (0..{len(choices) - 1}), "
                                  f"got {answer!r}")
         letters = tuple(LETTERS[: len(choices)])
@@ -79,7 +80,7 @@ def load_wmdp(path: str | None = "cais/wmdp", data_dir: str | None = None, split
                              "would overlap; list each subset on one side only")
     if not 0 <= holdout_fraction < 1:
         raise BenchmarkError(f"benchmark.holdout_fraction={holdout_fraction} must be in [0, 1)")
-    if max_per_subset is not None and (isinstance(max_per_subset, bool) or not isinstance(max_per_subset, int)
+    if max_per_subset is not None and (not is_int(max_per_subset)
                                        or max_per_subset < 1):
         raise BenchmarkError(f"benchmark.max_per_subset={max_per_subset!r} must be null or an integer >= 1")
 
