@@ -223,7 +223,7 @@ def inject_knowledge(model, bench: Benchmark, tokenizer, role: str, cfg: TrainCo
 
 # A target that knows the forget facts only loosely leaves a seed-dependent amount to unlearn and to relearn: at
 # 1,500 injection steps the default world's targets ended at forget answer prob 0.88-0.99 by seed, and GradDiff's
-# relearned (rtt) forget mcq followed that fit, 0.55-0.84 (README "Why the relearn rows varied between seeds").
+# relearned (rtt) forget mcq followed that fit, 0.55-0.84 (README "Seeds for an interval", session 36).
 UNDERFIT_ANSWER_PROB = 0.95
 
 
