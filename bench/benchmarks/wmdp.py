@@ -80,8 +80,7 @@ def load_wmdp(path: str | None = "cais/wmdp", data_dir: str | None = None, split
                              "would overlap; list each subset on one side only")
     if not 0 <= holdout_fraction < 1:
         raise BenchmarkError(f"benchmark.holdout_fraction={holdout_fraction} must be in [0, 1)")
-    if max_per_subset is not None and (not is_int(max_per_subset)
-                                       or max_per_subset < 1):
+    if max_per_subset is not None and (not is_int(max_per_subset) or max_per_subset < 1):
         raise BenchmarkError(f"benchmark.max_per_subset={max_per_subset!r} must be null or an integer >= 1")
 
     def subset_rows(subset: str) -> Rows:
