@@ -332,7 +332,7 @@ def test_a_closest_setting_is_refused_like_a_chosen_one(tmp_path, case, needles)
     assert not (tmp_path / "models").exists()
 
 
-PRESETS_TUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-07c.yaml"  # grids widened twice (session 34)
+PRESETS_TUNED = "bench/assets/tuned_synthetic_tiny_3seeds_2026-12-07d.yaml"  # retuned on the 3,000-step targets (session 37)
 SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "bench" / "assets").glob("tuned_*.yaml"))
 # The step budgets a shipped file may have been tuned under apart from the presets' (its config check asks for them).
 TUNED_UNDER_KEYS = (("unlearn", "max_steps"), ("model", "inject", "max_steps"))
