@@ -404,9 +404,10 @@ def test_tune_sweep_selects_writes_and_a_tuned_run_loads_it(tmp_path):
     env.pop("HYDRA_FULL_ERROR", None)
     sweep, out = tmp_path / "sweep", tmp_path / "tuned.yaml"
     common = [f"cache_dir={tmp_path / 'cache'}", "threads=1"]
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "-m", "+experiment=[micro,tune]", *common, "method=ga",
-                           "method.tune.lr=[1e-5,1e-2]", "hydra.sweeper.seeds=[1000]", f"hydra.sweeper.out={out}",
-                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    sweep_args = [sys.executable, "-m", "bench.run", "-m", "+experiment=[micro,tune]", *common, "method=ga",
+                  "hydra.sweeper.seeds=[1000]", f"hydra.sweeper.out={out}", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([*sweep_args, "method.tune.lr=[1e-5,1e-2]"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(sweep.rglob(RECORD))) == 2
     tuned = yaml.safe_load(out.read_text())
@@ -424,6 +425,15 @@ def test_tune_sweep_selects_writes_and_a_tuned_run_loads_it(tmp_path):
                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "tuning seeds [1000]" in bad.stderr, bad.stderr
+    # A grid from the command line shapes the jobs but does not name their folders, so the same sweep folder,
+    # resumed over a wider grid, runs only the new point: the two finished records stay as they were.
+    finished = {p: p.stat().st_mtime_ns for p in sweep.rglob(RECORD)}
+    assert not [p for p in finished if "method.tune" in str(p.relative_to(sweep))], list(finished)
+    wider = subprocess.run([*sweep_args, "method.tune.lr=[1e-5,1e-3,1e-2]"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env=env)
+    assert wider.returncode == 0, wider.stderr[-2000:]
+    assert len(list(sweep.rglob(RECORD))) == 3
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
 
 
 def test_tune_settings_are_checked():

@@ -51,6 +51,7 @@ class TuneSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         methods: list[str] = []
         fixed: dict[str, str] = {}
+        grids: list[str] = []  # method.tune.* from the command line: they shape the grid, not a job
         for o in overrides:
             key = o.get_key_element()
             if key.lstrip("+~") == "seed":
@@ -62,14 +63,19 @@ class TuneSweeper(BasicSweeper):
             if o.is_sweep_override():
                 raise tune.TuneError(f"{key}: a tune sweep expands each method's tune: grid and does not sweep other "
                                      f"keys; give {key} one value (a separate tune run per value)")
+            if key.lstrip("+~").startswith("method.tune"):
+                # Each job already carries its grid point (method.<key>=...), so a job that also carried the grid
+                # would land in a folder named after it, one that a later sweep over another grid would not find.
+                grids.append(f"{key}={o.get_value_element_as_str()}")
+                continue
             fixed[key] = f"{key}={o.get_value_element_as_str()}"
         if not methods:
             methods = [str(self.config.hydra.runtime.choices.get("method"))]
         spaces: dict[str, dict[str, list]] = {}
         context: dict[str, Any] = {}
         for method in methods:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [*fixed.values(), f"method={method}",
-                                                                                   f"seed={seeds[0]}"])
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [*fixed.values(), *grids,
+                                                                                   f"method={method}", f"seed={seeds[0]}"])
             with_hydra = OmegaConf.to_container(cfg, resolve=False)
             with_hydra.pop("hydra", None)
             resolved = resolve(OmegaConf.create(with_hydra))
