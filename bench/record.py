@@ -128,6 +128,22 @@ def runtime_identity(device: torch.device | str) -> dict[str, Any]:
     return {"device": device.type}
 
 
+@functools.lru_cache(maxsize=None)
+def cpu() -> dict[str, Any]:
+    """The CPU a record was computed on: its model name and the vector kernels torch dispatches to. Float
+    results depend on both (AVX2 and AVX-512 kernels sum in different orders), so two hosts can give one seed
+    different models and hence different records; this says why, where it happens."""
+    name = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"model": name, "capability": torch.backends.cpu.get_cpu_capability(), "count": os.cpu_count()}
+
+
 def provenance(seed: int, device: str) -> dict[str, Any]:
     versions = dict(package_versions())
     status = _git("status", "--porcelain")
@@ -138,6 +154,7 @@ def provenance(seed: int, device: str) -> dict[str, Any]:
         "packages": versions,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "seed": seed,

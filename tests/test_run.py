@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from bench.record import EXAMPLES, RECORD
 from bench.run import run
 from tests.conftest import ROOT, compose_config
@@ -28,6 +30,8 @@ def test_end_to_end_determinism_and_resume(tmp_path):
     on_disk = json.loads((tmp_path / "a" / RECORD).read_text())
     assert on_disk["config"]["method"]["_target_"] == "methods.npo.NPO"
     assert on_disk["provenance"]["code_version"] and on_disk["provenance"]["packages"]["torch"]
+    # The host's vector kernels change float results: a record says which ones it was computed with.
+    assert on_disk["provenance"]["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
     examples = [json.loads(line) for line in (tmp_path / "a" / EXAMPLES).read_text().splitlines()]
     assert {e["stage"] for e in examples} == {"target", "oracle", "unlearned"}
 
