@@ -112,22 +112,6 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def runtime_identity(device: torch.device | str) -> dict[str, Any]:
-    """The runtime part of the cache keys (model, stage and relearn-control caches: one definition): what can
-    move a float sum between two runs of the same code. The device type; on CPU, torch's thread count (the
-    threads split a reduction's sums); on a visible GPU, its model, the CUDA version torch was built with and
-    the TF32 switches (a cache shared by an H100 and an A100 keeps one model per card). Not keyed: cuBLAS and
-    cuDNN builds beyond torch's CUDA version."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return {"device": "cpu", "threads": torch.get_num_threads()}
-    if device.type == "cuda" and torch.cuda.is_available():
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return {"device": "cuda", "gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda,
-                "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]}
-    return {"device": device.type}
-
-
 @functools.lru_cache(maxsize=None)
 def cpu() -> dict[str, Any]:
     """The CPU a record was computed on: its model name and the vector kernels torch dispatches to. Float
@@ -142,6 +126,24 @@ def cpu() -> dict[str, Any]:
     except OSError:
         pass
     return {"model": name, "capability": torch.backends.cpu.get_cpu_capability(), "count": os.cpu_count()}
+
+
+def runtime_identity(device: torch.device | str) -> dict[str, Any]:
+    """The runtime part of the cache keys (model, stage and relearn-control caches: one definition): what can
+    move a float sum between two runs of the same code. The device type; on CPU, torch's thread count (the
+    threads split a reduction's sums), the CPU model and the vector kernels torch dispatches to (AVX2 and AVX-512
+    hosts train one seed into different models: a cache shared by two kinds of host keeps one model per kind);
+    on a visible GPU, its model, the CUDA version torch was built with and the TF32 switches (a cache shared by
+    an H100 and an A100 keeps one model per card). Not keyed: cuBLAS and cuDNN builds beyond torch's CUDA version."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return {"device": "cpu", "threads": torch.get_num_threads(), "cpu": cpu()["model"],
+                "kernels": cpu()["capability"]}
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda,
+                "tf32": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]}
+    return {"device": device.type}
 
 
 def provenance(seed: int, device: str) -> dict[str, Any]:

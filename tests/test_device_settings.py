@@ -11,7 +11,7 @@ import torch
 from bench.data import BatchStream, pad_id, qa_examples
 from bench.items import prompts
 from bench.models import build_base_model, cache_key, runtime_settings
-from bench.record import runtime_identity
+from bench.record import cpu, runtime_identity
 from bench.reference import reference_logprobs
 from bench.run_config import check_model_block
 from bench.scoring import mean_nll, score_answers
@@ -49,14 +49,16 @@ def test_the_cpu_thread_count_and_the_device_are_cache_entries(micro_bench, toke
 
 def test_every_cache_keys_the_runtime_one_way():
     """The model, stage and relearn-control caches key the runtime with one helper: the device type and, on
-    CPU only, the thread count (without a visible GPU, a cuda device keys its type alone)."""
+    CPU only, the thread count, the CPU and its vector kernels (without a visible GPU, a cuda device keys its
+    type alone)."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         one = runtime_identity("cpu")
         torch.set_num_threads(2)
         two = runtime_identity(torch.device("cpu"))
-        assert one == {"device": "cpu", "threads": 1} and two == {"device": "cpu", "threads": 2}
+        host = {"cpu": cpu()["model"], "kernels": torch.backends.cpu.get_cpu_capability()}
+        assert one == {"device": "cpu", "threads": 1, **host} and two == {"device": "cpu", "threads": 2, **host}
         assert runtime_identity("cuda:1") == runtime_identity(torch.device("cuda", 0)) == {"device": "cuda"}
     finally:
         torch.set_num_threads(before)
