@@ -292,7 +292,19 @@ def _trace_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 FRAME_COLUMNS = ["row", "group", "config", "ref", "method", "seed", "status", "diverged", "reached", "config_hash",
-                 "tuning", "stage", "suite", "split", "metric", "value", "n"]
+                 "tuning", "host", "stage", "suite", "split", "metric", "value", "n"]
+
+
+def host_of(rec: dict[str, Any]) -> str:
+    """Where a record was computed, as the legend names it: CPU model, torch's kernels, threads, and a device
+    other than the CPU; "" for a record older than ``provenance.cpu`` (session 39)."""
+    prov = rec.get("provenance") or {}
+    cpu = prov.get("cpu")
+    if not isinstance(cpu, dict):
+        return ""
+    device = prov.get("device")
+    return (f"{cpu.get('model')} ({cpu.get('capability')} kernels, {prov.get('torch_threads')} torch thread(s))"
+            + (f" with {device}" if device not in (None, "cpu") else ""))
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -308,7 +320,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         base = {"group": ident.group, "config": ident.config, "ref": ident.ref, "method": str(rec["method"]),
                 "seed": "unset" if seed is None else seed, "status": rec.get("status"), "diverged": _diverged(rec),
                 "reached": _reached(rec), "config_hash": rec.get("config_hash"),
-                "tuning": json.dumps(rec["tuning"], sort_keys=True) if isinstance(rec.get("tuning"), dict) else ""}
+                "tuning": json.dumps(rec["tuning"], sort_keys=True) if isinstance(rec.get("tuning"), dict) else "",
+                "host": host_of(rec)}
         for r in list(rec["rows"]) + _trace_rows(rec):
             ref, control = r["stage"] in REFERENCE_STAGES, r["stage"] in CONTROL_STAGES
             row = (f"{r['stage']} {ident.group}".strip() if ref else f"{ident.row} {r['stage']}" if control else ident.row)
@@ -460,6 +473,7 @@ class Table:
     infos: dict[str, RowInfo]
     columns: list[Column]
     seeds_note: str = ""
+    hosts_note: str = ""
 
 
 def build_table(df: pd.DataFrame, full: bool = False, columns: list[Column] | None = None) -> Table:
@@ -501,7 +515,7 @@ def build_table(df: pd.DataFrame, full: bool = False, columns: list[Column] | No
     text.index = [f"{l} {infos[l].mark}".rstrip() for l in labels]
     for frame in (text, means, cis, counts):
         frame.index.name = "row"
-    return Table(text, means, cis, counts, infos, cols, seeds_note(df))
+    return Table(text, means, cis, counts, infos, cols, seeds_note(df), hosts_note(df))
 
 
 def table(df: pd.DataFrame, full: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -541,6 +555,18 @@ def seeds_note(df: pd.DataFrame) -> str:
     return line
 
 
+def hosts_note(df: pd.DataFrame) -> str:
+    """Which kind of host computed the table's records. Float sums follow the CPU's kernels and thread count, so
+    one seed gives other numbers on another kind of host (README "Records, resume and the cache"): a table
+    that mixes hosts says so."""
+    per_record = df.drop_duplicates(["config_hash", "seed"])
+    counts = per_record["host"].replace("", "host not recorded (records before provenance.cpu)").value_counts()
+    if len(counts) == 1:
+        return f"computed on {counts.index[0]}"
+    return (f"computed on {len(counts)} kinds of host (records reproduce on one kind; across kinds they differ as "
+            "seeds do): " + "; ".join(f"{host}: {n} record(s)" for host, n in counts.items()))
+
+
 def legend(t: Table) -> str:
     infos = list(t.infos.values())
     seeds = {i.seeds for i in infos}
@@ -565,6 +591,8 @@ def legend(t: Table) -> str:
         lines.append("reference rows (target, oracle) per benchmark/model group; best marks within a group")
     if t.seeds_note:
         lines.append(t.seeds_note)
+    if t.hosts_note:
+        lines.append(t.hosts_note)
     return "\n".join(lines)
 
 

@@ -84,3 +84,24 @@ def test_plots_written_as_png_and_pdf(tmp_path):
     names = {p.name for p in paths}
     assert {"tradeoff.png", "tradeoff.pdf", "relearn_curves.png", "relearn_curves.pdf"} <= names
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_the_legend_names_the_host_and_marks_a_table_of_several():
+    """One seed gives other numbers on another kind of host (its kernels sum in another order), so the legend says
+    where the records were computed, and a table that mixes kinds of host says so with the count of each."""
+    from bench.report import build_table, legend
+
+    def on(rec, model, kernels):
+        return {**rec, "provenance": {"cpu": {"model": model, "capability": kernels, "count": 2},
+                                      "torch_threads": 1, "device": "cpu"}}
+
+    recs = _records()
+    one = legend(build_table(records_frame([on(r, "AMD EPYC", "AVX2") for r in recs])))
+    assert "computed on AMD EPYC (AVX2 kernels, 1 torch thread(s))" in one and "kinds of host" not in one
+    mixed = legend(build_table(records_frame([on(r, "AMD EPYC", "AVX2") for r in recs[:4]]
+                                             + [on(r, "Intel Xeon", "AVX512") for r in recs[4:]])))
+    assert "computed on 2 kinds of host" in mixed
+    assert "AMD EPYC (AVX2 kernels, 1 torch thread(s)): 4 record(s)" in mixed
+    assert "Intel Xeon (AVX512 kernels, 1 torch thread(s)): 2 record(s)" in mixed
+    older = legend(build_table(records_frame(recs[:2] + [on(r, "AMD EPYC", "AVX2") for r in recs[2:]])))
+    assert "host not recorded (records before provenance.cpu): 2 record(s)" in older
