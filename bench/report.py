@@ -561,8 +561,8 @@ def hosts_note(df: pd.DataFrame) -> str:
     that mixes hosts says so."""
     per_record = df.drop_duplicates(["config_hash", "seed"])
     counts = per_record["host"].replace("", "host not recorded (records before provenance.cpu)").value_counts()
-    if len(counts) == 1:
-        return f"computed on {counts.index[0]}"
+    if len(counts) <= 1:
+        return "".join(f"computed on {host}" for host in counts.index)
     return (f"computed on {len(counts)} kinds of host (records reproduce on one kind; across kinds they differ as "
             "seeds do): " + "; ".join(f"{host}: {n} record(s)" for host, n in counts.items()))
 
