@@ -137,8 +137,8 @@ def runtime_identity(device: torch.device | str) -> dict[str, Any]:
     an H100 and an A100 keeps one model per card). Not keyed: cuBLAS and cuDNN builds beyond torch's CUDA version."""
     device = torch.device(device)
     if device.type == "cpu":
-        return {"device": "cpu", "threads": torch.get_num_threads(), "cpu": cpu()["model"],
-                "kernels": cpu()["capability"]}
+        host = cpu()
+        return {"device": "cpu", "threads": torch.get_num_threads(), "cpu": host["model"], "kernels": host["capability"]}
     if device.type == "cuda" and torch.cuda.is_available():
         index = device.index if device.index is not None else torch.cuda.current_device()
         return {"device": "cuda", "gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda,
