@@ -146,6 +146,12 @@ def runtime_identity(device: torch.device | str) -> dict[str, Any]:
     return {"device": device.type}
 
 
+def gpu_identity(device: torch.device | str) -> dict[str, Any] | None:
+    """The GPU part of ``runtime_identity`` for a record's provenance; None where ``device`` is no visible GPU."""
+    identity = runtime_identity(device)
+    return identity if "gpu" in identity else None
+
+
 def provenance(seed: int, device: str) -> dict[str, Any]:
     versions = dict(package_versions())
     status = _git("status", "--porcelain")
@@ -159,6 +165,9 @@ def provenance(seed: int, device: str) -> dict[str, Any]:
         "cpu": cpu(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
+        # On a visible GPU: its model, torch's CUDA version and the TF32 switches (the cache keys' runtime), so a
+        # table can say which card computed it; None on CPU.
+        "gpu": gpu_identity(device),
         "seed": seed,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv,

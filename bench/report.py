@@ -303,6 +303,10 @@ def host_of(rec: dict[str, Any]) -> str:
     if not isinstance(cpu, dict):
         return ""
     device = prov.get("device")
+    gpu = prov.get("gpu")  # None on CPU and in records older than provenance.gpu (session 40)
+    if isinstance(gpu, dict) and gpu.get("gpu"):
+        matmul, cudnn = (list(gpu.get("tf32") or []) + [None, None])[:2]
+        device = f"{device} ({gpu['gpu']}, CUDA {gpu.get('cuda')}, TF32 matmul {matmul}, cuDNN {cudnn})"
     return (f"{cpu.get('model')} ({cpu.get('capability')} kernels, {prov.get('torch_threads')} torch thread(s))"
             + (f" with {device}" if device not in (None, "cpu") else ""))
 

@@ -11,7 +11,7 @@ import torch
 from bench.data import BatchStream, pad_id, qa_examples
 from bench.items import prompts
 from bench.models import build_base_model, cache_key, runtime_settings
-from bench.record import cpu, runtime_identity
+from bench.record import cpu, provenance, runtime_identity
 from bench.reference import reference_logprobs
 from bench.run_config import check_model_block
 from bench.scoring import mean_nll, score_answers
@@ -80,6 +80,8 @@ def test_a_visible_gpu_keys_its_model_cuda_and_tf32(monkeypatch):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     assert runtime_identity("cpu")["device"] == "cpu"  # the CPU key is untouched by a GPU's presence
+    # a record names the card it ran on (the table legend reads it); a CPU run's record has no GPU
+    assert provenance(0, "cuda:0")["gpu"] == h100 and provenance(0, "cpu")["gpu"] is None
 
 
 def test_scores_and_references_are_fp32_under_bf16_weights(trained_micro, tokenizer, micro_bench):

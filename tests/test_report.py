@@ -105,3 +105,8 @@ def test_the_legend_names_the_host_and_marks_a_table_of_several():
     assert "Intel Xeon (AVX512 kernels, 1 torch thread(s)): 2 record(s)" in mixed
     older = legend(build_table(records_frame(recs[:2] + [on(r, "AMD EPYC", "AVX2") for r in recs[2:]])))
     assert "host not recorded (records before provenance.cpu): 2 record(s)" in older
+    gpu = {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "tf32": [False, True]}
+    on_gpu = [{**r, "provenance": {**on(r, "AMD EPYC", "AVX2")["provenance"], "device": "cuda:0", "gpu": gpu}}
+              for r in recs]
+    assert ("computed on AMD EPYC (AVX2 kernels, 1 torch thread(s)) with cuda:0 (NVIDIA H100 80GB HBM3, CUDA 12.8, "
+            "TF32 matmul False, cuDNN True)") in legend(build_table(records_frame(on_gpu)))
