@@ -12,9 +12,9 @@ t_{1−α/2, n−1}·s/√n, so ``seeds_for_half_width`` is the fewest seeds who
 half-width h, for a row's own column (its seed SD s, the table's "mean ± half-width") and for its paired
 difference to the baseline (s_d, the paired table's interval).
 
-``python -m bench.power DIR... --baseline graddiff [--n 5] [--half-width 0.10]`` prints, per row and headline
-column, the measured s_d (from the seeds present), the MDD at n seeds and, with ``--half-width``, the seeds each
-interval needs.
+``python -m bench.power DIR... --baseline graddiff [--n 5] [--half-width 0.10 [--columns ...]]`` prints, per row and
+headline column, the measured s_d (from the seeds present), the MDD at n seeds and, with ``--half-width``, the seeds
+each interval needs and each row's seed plan (``seed_plan``: the seeds its widest column needs).
 """
 
 from __future__ import annotations
@@ -111,6 +111,46 @@ def mdd_table(df: pd.DataFrame, baseline: str, n: int = 5, alpha: float = 0.05, 
     return pd.DataFrame(out)
 
 
+def seed_plan(df: pd.DataFrame, wanted_half_width: float, columns: Iterable[str] | None = None,
+              alpha: float = 0.05) -> pd.DataFrame:
+    """Per table row (methods, the baseline and the reference rows alike): the seeds it has, the seeds its widest
+    column needs for a 95% Student-t half-width of at most ``wanted_half_width`` (``seeds_for_half_width`` of that
+    column's seed SD) and which column that is. ``columns`` (table column labels) restricts the columns weighed.
+
+    This is the first stage of Stein's two-stage plan: the SDs measured on the seeds present size the rest. The
+    interval over all seeds then re-estimates the SD, so it meets the width about as often as the SD estimate was
+    not too small; a row with 3 seeds plans from 2 degrees of freedom (README "Seeds for an interval")."""
+    from bench.report import build_table, per_seed, table_rows
+
+    t = build_table(df)
+    wanted = None if columns is None else list(columns)
+    if wanted is not None:
+        unknown = [c for c in wanted if c not in {col.label for col in t.columns}]
+        if unknown:
+            raise UserError(f"--columns names {unknown} that the table does not have; its columns: "
+                            f"{[col.label for col in t.columns]}")
+    rows = table_rows(df)
+    out = []
+    for label, info in t.infos.items():
+        need, widest, widest_sd, seeds = 0.0, None, float("nan"), 0
+        for col in t.columns:
+            if wanted is not None and col.label not in wanted:
+                continue
+            values = per_seed(rows, col).query("row == @label")["value"].dropna().to_numpy(dtype=float)
+            if len(values) < 2:
+                continue
+            seeds = max(seeds, len(values))
+            sd = float(np.std(values, ddof=1))
+            n = seeds_for_half_width(sd, wanted_half_width, alpha)
+            if widest is None or n > need:
+                need, widest, widest_sd = n, col.label, sd
+        if widest is not None:
+            out.append({"row": label, "reference": info.reference, "seeds": seeds, "seeds_needed": need,
+                        "widest_column": widest, "sd": widest_sd,
+                        "half_width_now": half_width(widest_sd, seeds, alpha)})
+    return pd.DataFrame(out)
+
+
 def main(argv: Iterable[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.power", description="Minimum detectable differences from run records.")
     parser.add_argument("dirs", nargs="+", help="record.json files or directories searched recursively")
@@ -120,15 +160,24 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--power", type=float, default=0.8)
     parser.add_argument("--half-width", type=float, default=None,
                         help="also print the seeds a row's interval and its paired difference's need for this 95%% "
-                             "half-width (e.g. 0.10)")
+                             "half-width (e.g. 0.10), and each row's seed plan for it")
+    parser.add_argument("--columns", default=None,
+                        help="with --half-width: the table columns the seed plan weighs, comma-separated labels "
+                             "(e.g. 'harmful p0.1,rtt'); default every headline column")
     args = parser.parse_args(None if argv is None else list(argv))
     from bench.report import load_frame
 
     if args.half_width is not None and not args.half_width > 0:
         exit_with(UserError(f"--half-width must be > 0 (a 95% interval's half-width, e.g. 0.10); got {args.half_width}"),
                   parser.prog)
+    if args.columns is not None and args.half_width is None:
+        exit_with(UserError("--columns selects the seed plan's columns, which --half-width asks for; "
+                            "add e.g. --half-width 0.10"), parser.prog)
+    columns = None if args.columns is None else [c.strip() for c in args.columns.split(",") if c.strip()]
     try:
-        table = mdd_table(load_frame(args.dirs), args.baseline, args.n, args.alpha, args.power, args.half_width)
+        frame = load_frame(args.dirs)
+        table = mdd_table(frame, args.baseline, args.n, args.alpha, args.power, args.half_width)
+        plan = None if args.half_width is None else seed_plan(frame, args.half_width, columns, args.alpha)
     except UserError as err:
         exit_with(err, parser.prog)
     if table.empty:
@@ -139,6 +188,18 @@ def main(argv: Iterable[str] | None = None) -> None:
              f"; sd_row: the row's seed SD; seeds_row / seeds_diff: seeds for a 95% half-width <= {args.half_width} "
              "of the row's interval / of its paired difference"))
     print(table.to_markdown(index=False, floatfmt=".4g"))
+    if plan is not None and not plan.empty:
+        short = plan[plan.seeds_needed > plan.seeds]
+        print(f"\nseed plan for a 95% half-width <= {args.half_width} on every "
+              + ("headline column" if columns is None else f"column of {columns}")
+              + " of a row (seeds_needed: for its widest column, from the SD of the seeds present):")
+        print(plan.to_markdown(index=False, floatfmt=".4g"))
+        if short.empty:
+            print("every row meets it with the seeds it has")
+        else:
+            print(f"{len(short)} of {len(plan)} rows need more seeds: "
+                  + "; ".join(f"{r.row} {r.seeds} -> {r.seeds_needed:g}" for r in short.itertuples())
+                  + ". Paired differences need the baseline's seeds too; reference rows come with any run of a seed.")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from bench.power import (MAX_SEEDS, detection_power, half_width, mdd_table, min_detectable_difference,
-                         seeds_for_half_width)
+                         seed_plan, seeds_for_half_width)
+from bench.errors import UserError
 from bench.report import records_frame
 
 
@@ -83,6 +84,51 @@ def test_mdd_table_plans_seeds_for_a_half_width():
     assert row.seeds_row == seeds_for_half_width(row.sd_row, 0.02)
     assert row.seeds_diff == seeds_for_half_width(row.sd_diff, 0.02)
     assert "seeds_row" not in mdd_table(df, "graddiff").columns
+
+
+def _two_column_rec(method, seed, forget, retain):
+    rec = _rec(method, seed, forget)
+    rec["rows"].append({"stage": "unlearned", "suite": "knowledge", "split": "retain", "metric": "em",
+                        "value": retain, "n": 1})
+    return rec
+
+
+def test_seed_plan_sizes_each_row_by_its_widest_column():
+    """Each row (the baseline too) needs the seeds of its widest column; --columns weighs only the named ones."""
+    ga = {0: (0.30, 0.10), 1: (0.31, 0.60), 2: (0.29, 0.35), 3: (0.30, 0.90)}  # retain em varies, forget mcq hardly
+    graddiff = {0: (0.28, 0.90), 1: (0.29, 0.91), 2: (0.27, 0.92), 3: (0.28, 0.90)}
+    df = records_frame([_two_column_rec("ga", s, *v) for s, v in ga.items()]
+                       + [_two_column_rec("graddiff", s, *v) for s, v in graddiff.items()])
+    plan = seed_plan(df, 0.10).set_index("row")
+    retain_sd = float(np.std([v[1] for v in ga.values()], ddof=1))
+    assert plan.loc["ga", "widest_column"] == "retain em" and plan.loc["ga", "seeds"] == 4
+    assert plan.loc["ga", "seeds_needed"] == seeds_for_half_width(retain_sd, 0.10) > 4
+    assert plan.loc["ga", "half_width_now"] == pytest.approx(half_width(retain_sd, 4))
+    assert plan.loc["graddiff", "seeds_needed"] == 2  # the baseline is planned too: its SDs are tiny
+    only_forget = seed_plan(df, 0.10, columns=["forget mcq"]).set_index("row")
+    assert only_forget.loc["ga", "widest_column"] == "forget mcq" and only_forget.loc["ga", "seeds_needed"] == 2
+    with pytest.raises(UserError, match="retain mcq"):
+        seed_plan(df, 0.10, columns=["retain mcq"])
+
+
+def test_cli_prints_the_seed_plan_and_refuses_columns_without_a_half_width(tmp_path, capsys):
+    from bench.power import main
+    from bench.record import to_json
+
+    for i, (method, forget, retain) in enumerate([("ga", 0.30, 0.1), ("ga", 0.31, 0.9), ("ga", 0.30, 0.5),
+                                                   ("graddiff", 0.28, 0.9), ("graddiff", 0.29, 0.91),
+                                                   ("graddiff", 0.27, 0.92)]):
+        folder = tmp_path / f"run{i}"
+        folder.mkdir()
+        (folder / "record.json").write_text(to_json(_two_column_rec(method, i % 3, forget, retain)))
+    main([str(tmp_path), "--baseline", "graddiff", "--half-width", "0.10"])
+    out = capsys.readouterr().out
+    assert "seed plan for a 95% half-width <= 0.1" in out and "1 of 2 rows need more seeds: ga 3 -> " in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--baseline", "graddiff", "--columns", "rtt"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--half-width" in err[0]
 
 
 def test_cli_rejects_a_non_positive_half_width_in_one_line(tmp_path, capsys):
