@@ -163,7 +163,8 @@ def main(argv: Iterable[str] | None = None) -> None:
                              "half-width (e.g. 0.10), and each row's seed plan for it")
     parser.add_argument("--columns", default=None,
                         help="with --half-width: the table columns the seed plan weighs, comma-separated labels "
-                             "(e.g. 'harmful p0.1,rtt'); default every headline column")
+                             "(e.g. 'harmful_p0.1 relearn mcq,rtt relearn mcq', as in table.md); default every "
+                             "headline column")
     args = parser.parse_args(None if argv is None else list(argv))
     from bench.report import load_frame
 
