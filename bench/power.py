@@ -145,10 +145,36 @@ def seed_plan(df: pd.DataFrame, wanted_half_width: float, columns: Iterable[str]
             if widest is None or n > need:
                 need, widest, widest_sd = n, col.label, sd
         if widest is not None:
-            out.append({"row": label, "reference": info.reference, "seeds": seeds, "seeds_needed": need,
+            out.append({"row": label, "method": info.method, "reference": info.reference or info.control,
+                        "seeds": seeds, "seeds_needed": need,
                         "widest_column": widest, "sd": widest_sd,
                         "half_width_now": half_width(widest_sd, seeds, alpha)})
     return pd.DataFrame(out)
+
+
+def top_up_hint(plan: pd.DataFrame, df: pd.DataFrame, baseline: str) -> str:
+    """The overrides that run a seed plan's second stage: each short row's method on as many of the next unused
+    seeds as it lacks (one override set per count), the baseline's on as many as the neediest row, so every
+    paired difference keeps its pairs."""
+    short = plan[(plan.seeds_needed > plan.seeds) & ~plan.reference]
+    if short.empty:
+        return ""
+    if not all(math.isfinite(n) for n in short.seeds_needed):
+        return "no finite top-up: a row needs more seeds than any sweep runs"
+    first = int(pd.to_numeric(df["seed"], errors="coerce").max()) + 1
+    lacking: dict[str, int] = {}
+    for r in short.itertuples():
+        lacking[r.method] = max(lacking.get(r.method, 0), int(r.seeds_needed - r.seeds))
+    base = plan.loc[plan.row == baseline, "method"]
+    if len(base):
+        lacking[str(base.iloc[0])] = max(lacking.values())
+    groups: dict[int, list[str]] = {}
+    for method, n in lacking.items():
+        groups.setdefault(n, []).append(method)
+    sets = [f"`method={','.join(methods)} seed={','.join(str(first + i) for i in range(n))}`"
+            for n, methods in sorted(groups.items())]
+    return ("second stage: run " + "; ".join(sets) + " with the sweep's command and its hydra.sweep.dir (finished "
+            "runs are skipped), then report every seed")
 
 
 def main(argv: Iterable[str] | None = None) -> None:
@@ -201,6 +227,7 @@ def main(argv: Iterable[str] | None = None) -> None:
             print(f"{len(short)} of {len(plan)} rows need more seeds: "
                   + "; ".join(f"{r.row} {r.seeds} -> {r.seeds_needed:g}" for r in short.itertuples())
                   + ". Paired differences need the baseline's seeds too; reference rows come with any run of a seed.")
+            print(top_up_hint(plan, frame, args.baseline))
 
 
 if __name__ == "__main__":

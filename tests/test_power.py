@@ -124,6 +124,8 @@ def test_cli_prints_the_seed_plan_and_refuses_columns_without_a_half_width(tmp_p
     main([str(tmp_path), "--baseline", "graddiff", "--half-width", "0.10"])
     out = capsys.readouterr().out
     assert "seed plan for a 95% half-width <= 0.1" in out and "1 of 2 rows need more seeds: ga 3 -> " in out
+    needed = seeds_for_half_width(float(np.std([0.1, 0.9, 0.5], ddof=1)), 0.10)
+    assert f"run `method=ga,graddiff seed={','.join(str(s) for s in range(3, needed))}`" in out
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--baseline", "graddiff", "--columns", "rtt"])
     assert exit_info.value.code == 2
