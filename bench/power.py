@@ -124,6 +124,8 @@ def seed_plan(df: pd.DataFrame, wanted_half_width: float, columns: Iterable[str]
 
     t = build_table(df)
     wanted = None if columns is None else list(columns)
+    if wanted == ["relearn"]:  # the relearn suite's attack columns and max recovery (issue 13's ±0.10 cells)
+        wanted = [c.label for c in t.columns if c.suite == "relearn" and "@wrong_only" not in c.metric]
     if wanted is not None:
         unknown = [c for c in wanted if c not in {col.label for col in t.columns}]
         if unknown:
@@ -189,8 +191,8 @@ def main(argv: Iterable[str] | None = None) -> None:
                              "half-width (e.g. 0.10), and each row's seed plan for it")
     parser.add_argument("--columns", default=None,
                         help="with --half-width: the table columns the seed plan weighs, comma-separated labels "
-                             "(e.g. 'harmful_p0.1 relearn mcq,rtt relearn mcq', as in table.md); default every "
-                             "headline column")
+                             "(e.g. 'harmful_p0.1 relearn mcq,rtt relearn mcq', as in table.md), or 'relearn': every "
+                             "relearn attack column and max recovery; default every headline column")
     args = parser.parse_args(None if argv is None else list(argv))
     from bench.report import load_frame
 

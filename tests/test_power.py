@@ -107,6 +107,7 @@ def test_seed_plan_sizes_each_row_by_its_widest_column():
     assert plan.loc["graddiff", "seeds_needed"] == 2  # the baseline is planned too: its SDs are tiny
     only_forget = seed_plan(df, 0.10, columns=["forget mcq"]).set_index("row")
     assert only_forget.loc["ga", "widest_column"] == "forget mcq" and only_forget.loc["ga", "seeds_needed"] == 2
+    assert seed_plan(df, 0.10, columns=["relearn"]).empty  # no relearn column in these records
     with pytest.raises(UserError, match="retain mcq"):
         seed_plan(df, 0.10, columns=["retain mcq"])
 
