@@ -154,7 +154,7 @@ def seed_plan(df: pd.DataFrame, wanted_half_width: float, columns: Iterable[str]
     return pd.DataFrame(out)
 
 
-def top_up_hint(plan: pd.DataFrame, df: pd.DataFrame, baseline: str) -> str:
+def top_up_hint(plan: pd.DataFrame, df: pd.DataFrame, baseline: str | None) -> str:
     """The overrides that run a seed plan's second stage: each short row's method on as many of the next unused
     seeds as it lacks (one override set per count), the baseline's on as many as the neediest row, so every
     paired difference keeps its pairs."""
@@ -167,7 +167,7 @@ def top_up_hint(plan: pd.DataFrame, df: pd.DataFrame, baseline: str) -> str:
     lacking: dict[str, int] = {}
     for r in short.itertuples():
         lacking[r.method] = max(lacking.get(r.method, 0), int(r.seeds_needed - r.seeds))
-    base = plan.loc[plan.row == baseline, "method"]
+    base = plan.loc[plan.row == baseline, "method"] if baseline is not None else plan.method.iloc[:0]
     if len(base):
         lacking[str(base.iloc[0])] = max(lacking.values())
     groups: dict[int, list[str]] = {}
@@ -218,18 +218,27 @@ def main(argv: Iterable[str] | None = None) -> None:
              "of the row's interval / of its paired difference"))
     print(table.to_markdown(index=False, floatfmt=".4g"))
     if plan is not None and not plan.empty:
-        short = plan[plan.seeds_needed > plan.seeds]
-        print(f"\nseed plan for a 95% half-width <= {args.half_width} on every "
-              + ("headline column" if columns is None else f"column of {columns}")
-              + " of a row (seeds_needed: for its widest column, from the SD of the seeds present):")
-        print(plan.to_markdown(index=False, floatfmt=".4g"))
-        if short.empty:
-            print("every row meets it with the seeds it has")
-        else:
-            print(f"{len(short)} of {len(plan)} rows need more seeds: "
-                  + "; ".join(f"{r.row} {r.seeds} -> {r.seeds_needed:g}" for r in short.itertuples())
-                  + ". Paired differences need the baseline's seeds too; reference rows come with any run of a seed.")
-            print(top_up_hint(plan, frame, args.baseline))
+        print("\n" + plan_summary(plan, frame, args.baseline, args.half_width, columns))
+
+
+def plan_summary(plan: pd.DataFrame, df: pd.DataFrame, baseline: str | None, wanted_half_width: float,
+                 columns: list[str] | None) -> str:
+    """The seed plan as ``bench.power`` and the sweep's report print it: the table, the rows short of seeds and
+    the second stage's overrides."""
+    short = plan[plan.seeds_needed > plan.seeds]
+    lines = [f"seed plan for a 95% half-width <= {wanted_half_width} on every "
+             + ("headline column" if columns is None else
+                "relearn column" if columns == ["relearn"] else f"column of {columns}")
+             + " of a row (seeds_needed: for its widest column, from the SD of the seeds present):",
+             plan.to_markdown(index=False, floatfmt=".4g")]
+    if short.empty:
+        lines.append("every row meets it with the seeds it has")
+    else:
+        lines.append(f"{len(short)} of {len(plan)} rows need more seeds: "
+                     + "; ".join(f"{r.row} {r.seeds} -> {r.seeds_needed:g}" for r in short.itertuples())
+                     + ". Paired differences need the baseline's seeds too; reference rows come with any run of a seed.")
+        lines.append(top_up_hint(plan, df, baseline))
+    return "\n".join(line for line in lines if line)
 
 
 if __name__ == "__main__":

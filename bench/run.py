@@ -626,6 +626,8 @@ def check_jobs(args: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf import open_dict
 
+    from bench.report import check_plan_half_width
+
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         return 0  # --cfg, --help, -cn ...: Hydra's own modes
     multirun = any(a in MULTIRUN_FLAGS for a in args)
@@ -642,6 +644,7 @@ def check_jobs(args: list[str]) -> int:
                 # over presets; each preset's hydra.sweeper.params do not multiply the others').
                 sweep_cfg = compose("config", overrides=[o.input_line for o in line if not o.is_sweep_override()],
                                     return_hydra_config=True)
+                check_plan_half_width(OmegaConf.select(sweep_cfg, "hydra.callbacks.report.plan_half_width"))
                 if (OmegaConf.select(sweep_cfg, "hydra.sweeper._target_") != BASIC_SWEEPER
                         or OmegaConf.select(sweep_cfg, "hydra.launcher._target_") not in LOCAL_LAUNCHERS):
                     return 0

@@ -224,6 +224,17 @@ def test_cli_misspelt_key_is_one_line(tmp_path):
     assert len(errors) == 1 and "unknown config key 'unlearn.check_evry'" in errors[0] and "'check_every'" in errors[0], errors
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "abc"])
+def test_a_bad_seed_plan_half_width_stops_the_sweep_before_it_starts(value):
+    """The report callback's plan_half_width (the paper preset's seed plan) is checked before any job: a sweep must
+    not run for hours and then fail in its report."""
+    from bench.run import check_jobs
+
+    with pytest.raises(UserError, match=r"hydra\.callbacks\.report\.plan_half_width.*e\.g\. "):
+        check_jobs(["-m", "+experiment=micro", "seed=0,1", f"hydra.callbacks.report.plan_half_width={value}"])
+    assert check_jobs(["-m", "+experiment=micro", "seed=0,1", "hydra.callbacks.report.plan_half_width=0.1"]) == 2
+
+
 @pytest.mark.parametrize("args,jobs", [
     (["+experiment=micro", "cache_dir=/tmp/unused/${hydra:runtime.choices.method}"], 1),  # ${hydra:} resolves as in the job
     (["-m", "+experiment=micro", "method=ga,npo", "seed=0,1"], 4),

@@ -287,6 +287,37 @@ def test_callback_baseline_composes_in_hydra_and_writes_the_paired_table(tmp_pat
     assert (sweep / "table.md").exists() and "bench.report: error: --baseline 'nope' names no row" in out
 
 
+def test_the_paper_preset_prints_the_seed_plan_of_its_relearn_columns(tmp_path, capsys):
+    """The paper preset's report ends with the seed plan for ±0.10 on the relearn columns (bench.power.seed_plan):
+    the rows short of seeds and the overrides of the second stage; a sweep without relearn rows prints none."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from bench.errors import UserError
+    from bench.report import ReportCallback
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=paper"], return_hydra_config=True)
+    callback = instantiate(cfg.hydra.callbacks.report)
+    assert callback.plan_half_width == pytest.approx(0.10) and callback.baseline == "graddiff"
+
+    forget = {"npo": [0.40, 0.70, 0.55], "graddiff": [0.30, 0.32, 0.31]}  # rtt relearn mcq: forget + 0.2
+    recs = [_rec(m, s, {"alpha": 1.0}, v, 0.9) for m, vs in forget.items() for s, v in enumerate(vs)]
+    sweep = _write(tmp_path / "paper", recs)
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    out = capsys.readouterr().out
+    assert "seed plan for a 95% half-width <= 0.1 on every relearn column" in out
+    assert "1 of 2 rows need more seeds: npo 3 -> " in out and "run `method=npo,graddiff seed=3," in out
+    no_relearn = [{**r, "rows": [row for row in r["rows"] if row["suite"] != "relearn"]} for r in recs]
+    plain = _write(tmp_path / "compare", no_relearn)
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(plain)}}}))
+    assert "seed plan" not in capsys.readouterr().out
+    with pytest.raises(UserError, match="plan_half_width"):
+        ReportCallback(plan_half_width=0)
+
+
 def test_directions_are_declared_by_the_modules_that_make_the_rows():
     from bench import directions
     from bench.suites import available_suites, suite_module
