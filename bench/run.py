@@ -626,7 +626,7 @@ def check_jobs(args: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf import open_dict
 
-    from bench.report import check_plan_half_width
+    from bench.sweep_report import check_plan_half_width
 
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         return 0  # --cfg, --help, -cn ...: Hydra's own modes

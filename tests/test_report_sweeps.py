@@ -295,7 +295,7 @@ def test_the_paper_preset_prints_the_seed_plan_of_its_relearn_columns(tmp_path, 
     from omegaconf import OmegaConf
 
     from bench.errors import UserError
-    from bench.report import ReportCallback
+    from bench.sweep_report import ReportCallback
     from tests.conftest import CONF
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
