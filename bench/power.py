@@ -134,7 +134,7 @@ def seed_plan(df: pd.DataFrame, wanted_half_width: float, columns: Iterable[str]
     rows = table_rows(df)
     out = []
     for label, info in t.infos.items():
-        need, widest, widest_sd, seeds = 0.0, None, float("nan"), 0
+        need, widest, widest_sd, widest_n, seeds = 0.0, None, float("nan"), 0, 0
         for col in t.columns:
             if wanted is not None and col.label not in wanted:
                 continue
@@ -145,12 +145,12 @@ def seed_plan(df: pd.DataFrame, wanted_half_width: float, columns: Iterable[str]
             sd = float(np.std(values, ddof=1))
             n = seeds_for_half_width(sd, wanted_half_width, alpha)
             if widest is None or n > need:
-                need, widest, widest_sd = n, col.label, sd
+                need, widest, widest_sd, widest_n = n, col.label, sd, len(values)
         if widest is not None:
             out.append({"row": label, "method": info.method, "reference": info.reference or info.control,
                         "seeds": seeds, "seeds_needed": need,
                         "widest_column": widest, "sd": widest_sd,
-                        "half_width_now": half_width(widest_sd, seeds, alpha)})
+                        "half_width_now": half_width(widest_sd, widest_n, alpha)})
     return pd.DataFrame(out)
 
 
