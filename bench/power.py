@@ -132,13 +132,17 @@ def seed_plan(df: pd.DataFrame, wanted_half_width: float, columns: Iterable[str]
             raise UserError(f"--columns names {unknown} that the table does not have; its columns: "
                             f"{[col.label for col in t.columns]}")
     rows = table_rows(df)
+    weighed = [col for col in t.columns if wanted is None or col.label in wanted]
+    # one (seed x row) frame per column, as mdd_table builds it
+    wides = [(col, per_seed(rows, col).pivot_table(index="seed", columns="row", values="value", dropna=False))
+             for col in weighed]
     out = []
     for label, info in t.infos.items():
         need, widest, widest_sd, widest_n, seeds = 0.0, None, float("nan"), 0, 0
-        for col in t.columns:
-            if wanted is not None and col.label not in wanted:
+        for col, wide in wides:
+            if label not in wide:
                 continue
-            values = per_seed(rows, col).query("row == @label")["value"].dropna().to_numpy(dtype=float)
+            values = wide[label].dropna().to_numpy(dtype=float)
             if len(values) < 2:
                 continue
             seeds = max(seeds, len(values))
@@ -167,8 +171,8 @@ def top_up_hint(plan: pd.DataFrame, df: pd.DataFrame, baseline: str | None) -> s
     lacking: dict[str, int] = {}
     for r in short.itertuples():
         lacking[r.method] = max(lacking.get(r.method, 0), int(r.seeds_needed - r.seeds))
-    base = plan.loc[plan.row == baseline, "method"] if baseline is not None else plan.method.iloc[:0]
-    if len(base):
+    base = plan.loc[plan.row == baseline, "method"]
+    if len(base):  # no row of that label (or no baseline): no pairs to keep
         lacking[str(base.iloc[0])] = max(lacking.values())
     groups: dict[int, list[str]] = {}
     for method, n in lacking.items():
